@@ -1,0 +1,156 @@
+// The one source of truth for configuration: this TypeBox schema is JSON Schema (printed by
+// `linesight config schema`), its defaults fill a partial YAML file, and the TS types come from it.
+import { Type as T, type Static } from '@sinclair/typebox';
+
+const Name = T.String({ minLength: 1, pattern: '^[A-Za-z0-9_.-]+$', description: 'letters, digits, _ . -' });
+const Ms = (def: number, description: string, min = 0) => T.Number({ minimum: min, default: def, description });
+
+export const LineSpecSchema = T.Object(
+  {
+    chip: T.String({ minLength: 1, description: "chip label (e.g. 'pinctrl-bcm2835', 'gpio-sim.0-node0') or path ('/dev/gpiochip0')" }),
+    line: T.Integer({ minimum: 0, description: 'offset of the line on that chip (not a global sysfs number)' }),
+    activeLow: T.Boolean({ default: false }),
+  },
+  { additionalProperties: false },
+);
+
+export const ConfigSchema = T.Object(
+  {
+    station: T.Object(
+      {
+        line: T.String({ ...Name, default: 'line1', description: 'production line name (MQTT topic level)' }),
+        id: T.String({ ...Name, default: 'station1', description: 'inspection station id (MQTT topic level, part ids)' }),
+        stateDir: T.String({ default: './var', description: 'where the agent keeps its state (boot counter, outbox, archive)' }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    camera: T.Object(
+      {
+        source: T.Union([T.Literal('synthetic'), T.Literal('replay'), T.Literal('ffmpeg')], { default: 'synthetic' }),
+        synthetic: T.Object(
+          {
+            width: T.Integer({ minimum: 32, maximum: 4096, default: 320 }),
+            height: T.Integer({ minimum: 32, maximum: 4096, default: 240 }),
+            seed: T.Integer({ default: 1 }),
+            defectRate: T.Number({ minimum: 0, maximum: 1, default: 0.2, description: 'share of parts with a defect' }),
+            fps: T.Number({ exclusiveMinimum: 0, maximum: 1000, default: 4, description: 'frame rate in free-run' }),
+          },
+          { additionalProperties: false, default: {} },
+        ),
+        replay: T.Object(
+          {
+            dir: T.String({ default: '', description: 'folder of JPEG/PNG images (searched recursively)' }),
+            order: T.Union([T.Literal('sorted'), T.Literal('shuffle')], { default: 'sorted' }),
+            loop: T.Boolean({ default: true }),
+            seed: T.Integer({ default: 1, description: 'shuffle seed' }),
+            fps: T.Number({ exclusiveMinimum: 0, maximum: 1000, default: 4, description: 'frame rate in free-run' }),
+            colour: T.Union([T.Literal('gray'), T.Literal('rgb')], { default: 'rgb' }),
+          },
+          { additionalProperties: false, default: {} },
+        ),
+        ffmpeg: T.Object(
+          {
+            input: T.String({ default: '', description: "ffmpeg input: '/dev/video0', 'rtsp://…', a file, or a lavfi graph" }),
+            inputArgs: T.Array(T.String(), { default: [], description: "ffmpeg arguments before -i (e.g. ['-f','v4l2'])" }),
+            width: T.Integer({ minimum: 16, maximum: 8192, default: 640 }),
+            height: T.Integer({ minimum: 16, maximum: 8192, default: 480 }),
+            colour: T.Union([T.Literal('gray'), T.Literal('rgb')], { default: 'rgb' }),
+            ffmpegPath: T.String({ default: 'ffmpeg' }),
+            stallTimeoutMs: Ms(2000, 'no frame for this long = stalled: ffmpeg is restarted', 50),
+            restartMinMs: Ms(250, 'first restart backoff'),
+            restartMaxMs: Ms(10000, 'longest restart backoff'),
+          },
+          { additionalProperties: false, default: {} },
+        ),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    trigger: T.Object(
+      {
+        mode: T.Union([T.Literal('freerun'), T.Literal('interval'), T.Literal('gpio'), T.Literal('command')], {
+          default: 'freerun',
+          description: 'freerun: every frame is a part; interval: a part every intervalMs; gpio: photo-eye edge; command: MQTT/HTTP cmd/trigger only',
+        }),
+        intervalMs: Ms(250, 'interval mode: time between parts', 1),
+        gpio: T.Object(
+          {
+            input: T.Optional(LineSpecSchema),
+            edge: T.Union([T.Literal('rising'), T.Literal('falling')], { default: 'rising' }),
+            debounceMs: Ms(5, 'edges closer than this to the previous accepted edge are ignored'),
+          },
+          { additionalProperties: false, default: {} },
+        ),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    model: T.Object(
+      {
+        path: T.String({ default: 'models/film-demo', description: 'model bundle folder (model.onnx + model.json)' }),
+        providers: T.Array(T.Union([T.Literal('cuda'), T.Literal('tensorrt'), T.Literal('dml'), T.Literal('webgpu'), T.Literal('cpu')]), {
+          default: ['cpu'],
+          minItems: 1,
+          description: 'execution providers in order of preference; the next is tried when one fails to load',
+        }),
+        workers: T.Integer({ minimum: 1, maximum: 64, default: 1, description: 'inference worker threads' }),
+        intraOpThreads: T.Integer({ minimum: 0, maximum: 256, default: 0, description: '0 = onnxruntime default' }),
+        queueLimit: T.Integer({ minimum: 1, maximum: 10000, default: 8, description: 'frames waiting for a worker before overload' }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    line: T.Object(
+      {
+        travelMs: T.Optional(T.Number({ minimum: 0, description: 'time from trigger to the gate (overrides distance/speed)' })),
+        distanceMm: T.Number({ minimum: 0, default: 600, description: 'distance from the camera to the diverter gate' }),
+        speedMmPerS: T.Number({ exclusiveMinimum: 0, default: 400, description: 'conveyor speed' }),
+        pulseMs: Ms(80, 'divert pulse width', 1),
+        marginMs: Ms(20, 'the verdict must be in this long before the gate time (actuator latency)'),
+        maxInFlight: T.Integer({ minimum: 1, maximum: 10000, default: 32, description: 'parts between camera and gate; more = overload' }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    gpio: T.Object(
+      {
+        backend: T.Union([T.Literal('sim'), T.Literal('onoff')], { default: 'sim' }),
+        sysfsRoot: T.String({ default: '/sys/class/gpio', description: 'sysfs GPIO root (configurable for tests)' }),
+        divert: T.Optional(LineSpecSchema),
+        ready: T.Optional(LineSpecSchema),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    mqtt: T.Object(
+      {
+        url: T.String({ default: '', description: "broker URL (mqtt://host:1883, mqtts://…); empty = embedded broker in demo, none in run" }),
+        prefix: T.String({ default: '', description: "topic prefix; empty = 'linesight/<line>/<station>/'" }),
+        clientId: T.String({ default: '' }),
+        username: T.Optional(T.String()),
+        password: T.Optional(T.String()),
+        protocolVersion: T.Union([T.Literal(4), T.Literal(5)], { default: 4, description: '4 = MQTT 3.1.1, 5 = MQTT 5' }),
+        keepalive: T.Integer({ minimum: 0, maximum: 65535, default: 30 }),
+        ca: T.Optional(T.String({ description: 'CA certificate file (TLS)' })),
+        cert: T.Optional(T.String({ description: 'client certificate file (TLS)' })),
+        key: T.Optional(T.String({ description: 'client key file (TLS)' })),
+        embeddedPort: T.Integer({ minimum: 0, maximum: 65535, default: 1883, description: 'demo: port of the embedded broker (next free if taken)' }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    http: T.Object(
+      {
+        enabled: T.Boolean({ default: true }),
+        host: T.String({ default: '127.0.0.1' }),
+        port: T.Integer({ minimum: 0, maximum: 65535, default: 8080 }),
+        token: T.Optional(T.String({ description: 'bearer token for state-changing requests' })),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    log: T.Object(
+      {
+        level: T.Union([T.Literal('debug'), T.Literal('info'), T.Literal('warn'), T.Literal('error')], { default: 'info' }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+  },
+  { additionalProperties: false, $id: 'https://linesight.dev/schemas/config.json', title: 'linesight configuration' },
+);
+
+export type Config = Static<typeof ConfigSchema>;
+export type LineSpecConfig = Static<typeof LineSpecSchema>;
