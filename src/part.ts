@@ -13,6 +13,7 @@ export type FailSafeReason =
   | 'worker_crash' // the inference worker died with the part in flight
   | 'overload' // queue full / too many parts in flight
   | 'stopping' // the agent was stopping with the part in flight
+  | 'paused' // inspection paused by command while parts still arrive
   | 'crash'; // the agent died with the part in flight (reported after restart)
 
 /** Ground truth attached by the synthetic source (and by labelled replay folders). */

@@ -1,0 +1,228 @@
+// The inspection loop: the life of a Part from trigger to gate.
+//
+//   trigger ──► frame ──► inspect (worker) ──► decide ──► divert pulse at the gate time
+//                  │             │                 ▲
+//                  └── error ────┴── deadline ─────┘   (no valid verdict in time ⇒ divert)
+//
+// Every part is decided exactly once: by its verdict, or fail-safe (divert) when the frame is bad,
+// the model fails, the queue is full, or the deadline comes first. A part is never passed
+// without a verdict. Scheduling uses the monotonic clock only.
+import type { Bus } from '../bus.js';
+import type { Clock, Timer } from '../clock.js';
+import { msToNs, nsToMs } from '../clock.js';
+import type { Config } from '../config/schema.js';
+import type { FrameSource } from '../camera/types.js';
+import { FrameError } from '../camera/types.js';
+import type { Inspector } from '../inference/types.js';
+import { InferenceError } from '../inference/types.js';
+import type { Logger } from '../log.js';
+import type { Action, FailSafeReason, Frame, Part, TriggerKind } from '../part.js';
+import type { DivertScheduler } from './divert.js';
+import type { PartIds } from './part-id.js';
+
+export interface TriggerInput {
+  kind: TriggerKind;
+  timeNs: bigint;
+  frame?: Frame;
+  frameError?: Error;
+}
+
+export interface LoopDeps {
+  clock: Clock;
+  log: Logger;
+  bus: Bus;
+  source: FrameSource;
+  inspector: Inspector;
+  divert: DivertScheduler;
+  ids: PartIds;
+  station: string;
+  line: Config['line'];
+}
+
+/** Time from trigger to the gate, from config. */
+export function travelMs(line: Config['line']): number {
+  return line.travelMs ?? (line.distanceMm / line.speedMmPerS) * 1000;
+}
+
+interface Tracked {
+  part: Part;
+  deadline?: Timer;
+  decided: boolean;
+}
+
+export class InspectionLoop {
+  private inFlight: Tracked[] = [];
+  private paused = false;
+  private stopped = true;
+  private readonly travelNs: bigint;
+  private readonly marginNs: bigint;
+
+  constructor(private readonly d: LoopDeps) {
+    this.travelNs = msToNs(travelMs(d.line));
+    this.marginNs = msToNs(d.line.marginMs);
+  }
+
+  start(): void {
+    this.stopped = false;
+  }
+
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    this.paused = false;
+  }
+
+  isPaused(): boolean {
+    return this.paused;
+  }
+
+  /** Parts between camera and gate (decided or not). */
+  inFlightCount(): number {
+    this.expire();
+    return this.inFlight.length;
+  }
+
+  /** Parts still waiting for a decision. */
+  undecidedCount(): number {
+    return this.inFlight.filter((t) => !t.decided).length;
+  }
+
+  /** A trigger made a part: inspect it. Returns the part (its decision comes later). */
+  onTrigger(ev: TriggerInput): Part {
+    const { clock, ids, station } = this.d;
+    const { id, seq } = ids.next();
+    const gateNs = ev.timeNs + this.travelNs;
+    const part: Part = {
+      id,
+      seq,
+      station,
+      trigger: ev.kind,
+      triggeredAt: new Date(clock.wallMs() - nsToMs(clock.nowNs() - ev.timeNs)).toISOString(),
+      t: { triggerNs: ev.timeNs, gateNs },
+      failSafe: false,
+    };
+    const tracked: Tracked = { part, decided: false };
+    this.expire();
+    this.inFlight.push(tracked);
+    this.d.bus.emit('triggered', part);
+
+    if (this.stopped) {
+      this.decide(tracked, 'divert', 'stopping', 'the agent is stopping');
+      return part;
+    }
+    if (this.paused) {
+      this.decide(tracked, 'divert', 'paused', 'inspection is paused (cmd/resume to continue)');
+      return part;
+    }
+    if (this.undecidedCount() > this.d.line.maxInFlight) {
+      this.decide(tracked, 'divert', 'overload', `more than ${this.d.line.maxInFlight} parts waiting for a verdict (line.maxInFlight)`);
+      return part;
+    }
+    const deadlineNs = gateNs - this.marginNs;
+    tracked.deadline = clock.at(deadlineNs, () =>
+      this.decide(tracked, 'divert', 'late', `no verdict ${nsToMs(deadlineNs - ev.timeNs).toFixed(0)} ms after the trigger (gate in ${this.d.line.marginMs} ms)`),
+    );
+    void this.inspect(tracked, ev);
+    return part;
+  }
+
+  private async inspect(tracked: Tracked, ev: TriggerInput): Promise<void> {
+    const { part } = tracked;
+    const { clock, inspector } = this.d;
+    let frame: Frame;
+    try {
+      if (ev.frameError) throw ev.frameError;
+      frame = ev.frame ?? (await this.d.source.grab());
+    } catch (err) {
+      const reason: FailSafeReason = err instanceof FrameError && err.reason === 'camera' ? 'camera' : 'bad_frame';
+      this.decide(tracked, 'divert', reason, (err as Error).message);
+      return;
+    }
+    part.frame = frame;
+    part.t.frameNs = frame.timeNs > part.t.triggerNs ? frame.timeNs : clock.nowNs();
+    if (tracked.decided) return; // the deadline came first; nothing more to do
+    part.t.inferStartNs = clock.nowNs();
+    try {
+      const result = await inspector.inspect(frame, { priority: 'line' });
+      part.t.inferEndNs = clock.nowNs();
+      part.model = result.model;
+      part.provider = result.provider;
+      if (tracked.decided) {
+        part.verdict = result.verdict;
+        this.d.bus.emit('lateVerdict', part);
+        this.d.bus.emit('alarm', {
+          kind: 'late_verdict',
+          severity: 'warning',
+          message: `verdict for ${part.id} came ${nsToMs(part.t.inferEndNs - (part.t.decidedNs ?? part.t.inferEndNs)).toFixed(0)} ms after it was diverted fail-safe`,
+          partId: part.id,
+        });
+        return;
+      }
+      part.verdict = result.verdict;
+      this.decide(tracked, result.verdict.verdict === 'reject' ? 'divert' : 'pass');
+    } catch (err) {
+      part.t.inferEndNs = clock.nowNs();
+      const reason: FailSafeReason = err instanceof InferenceError ? err.reason : 'model_error';
+      this.decide(tracked, 'divert', reason, (err as Error).message);
+      if (reason === 'model_error' || reason === 'worker_crash') {
+        this.d.bus.emit('alarm', { kind: reason, severity: 'critical', message: (err as Error).message, partId: part.id });
+      }
+    }
+  }
+
+  /** The one place a part's action is set. Idempotent: the first decision wins. */
+  private decide(tracked: Tracked, action: Action, reason?: FailSafeReason, detail?: string): void {
+    if (tracked.decided) return;
+    tracked.decided = true;
+    tracked.deadline?.cancel();
+    const { part } = tracked;
+    const { clock } = this.d;
+    part.action = action;
+    part.t.decidedNs = clock.nowNs();
+    if (reason) {
+      part.failSafe = true;
+      part.reason = reason;
+      part.detail = detail;
+      this.d.log.warn('part diverted fail-safe', { partId: part.id, reason, detail });
+      if (reason === 'late' || reason === 'overload') {
+        this.d.bus.emit('alarm', { kind: reason, severity: 'warning', message: detail ?? reason, partId: part.id });
+      }
+    }
+    if (action === 'divert') {
+      const inTime = this.d.divert.schedule(part.t.gateNs!);
+      if (!inTime) {
+        this.d.bus.emit('alarm', {
+          kind: 'missed',
+          severity: 'critical',
+          message: `part ${part.id} reached the gate ${nsToMs(clock.nowNs() - part.t.gateNs!).toFixed(0)} ms before its divert could be scheduled`,
+          partId: part.id,
+        });
+      }
+    }
+    // The frame's pixels are not needed after the decision; drop them so in-flight parts stay small.
+    this.d.bus.emit('decided', part);
+  }
+
+  /** Drop parts that have passed the gate. */
+  private expire(): void {
+    const now = this.d.clock.nowNs();
+    while (this.inFlight.length > 0 && this.inFlight[0]!.decided && this.inFlight[0]!.part.t.gateNs! <= now) {
+      this.inFlight.shift();
+    }
+  }
+
+  /** Stop making decisions from new triggers; parts in flight are diverted. */
+  stop(): void {
+    this.stopped = true;
+    for (const t of this.inFlight) this.decide(t, 'divert', 'stopping', 'the agent stopped with the part in flight');
+    this.inFlight = [];
+  }
+
+  /** Wait (bounded) until every part in flight has a decision. */
+  async drain(timeoutMs: number): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    while (this.undecidedCount() > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+  }
+}
