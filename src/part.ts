@@ -101,4 +101,6 @@ export interface Part {
   detail?: string;
   model?: ModelRef;
   provider?: string;
+  /** Inference stage timings reported by the worker (ms). */
+  timings?: { queueMs: number; preprocessMs: number; inferMs: number; postprocessMs: number };
 }

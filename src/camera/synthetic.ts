@@ -95,20 +95,46 @@ function contrast(rnd: () => number, lo: number, hi: number, faintLo: number, fa
   return rnd() < 0.12 ? lerp(faintLo, faintHi, rnd()) : lerp(lo, hi, rnd());
 }
 
-/** Add `amount * coverage` over a region; coverage(x, y) in 0..1 with x, y pixel centres. */
+/**
+ * The ground-truth box: the pixels a defect changes by at least a fifth of its peak contrast, so
+ * soft tails (stains, bubble halos) are inside it and invisible fringes don't inflate it.
+ */
+class Extent {
+  x0 = Infinity;
+  y0 = Infinity;
+  x1 = -Infinity;
+  y1 = -Infinity;
+  constructor(readonly threshold: number) {}
+  add(x: number, y: number, delta: number): void {
+    if (Math.abs(delta) < this.threshold) return;
+    if (x < this.x0) this.x0 = x;
+    if (y < this.y0) this.y0 = y;
+    if (x + 1 > this.x1) this.x1 = x + 1;
+    if (y + 1 > this.y1) this.y1 = y + 1;
+  }
+  box(w: number, h: number): Box {
+    return this.x1 > this.x0 ? toBox(this.x0, this.y0, this.x1, this.y1, w, h) : [0, 0, 1, 1];
+  }
+}
+
+/** Add fn(x, y) grey levels over a region (x, y are pixel centres), recording the extent. */
 function paint(
   L: Float32Array,
   w: number,
   h: number,
-  box: Box,
+  region: Box,
+  ext: Extent,
   fn: (x: number, y: number) => number,
 ): void {
-  const [bx, by, bw, bh] = box;
+  const [bx, by, bw, bh] = region;
   for (let y = by; y < by + bh && y < h; y++) {
     const row = y * w;
     for (let x = bx; x < bx + bw && x < w; x++) {
       const d = fn(x + 0.5, y + 0.5);
-      if (d !== 0) L[row + x]! += d;
+      if (d !== 0) {
+        L[row + x]! += d;
+        ext.add(x, y, d);
+      }
     }
   }
 }
@@ -147,8 +173,8 @@ function drawScratch(L: Float32Array, w: number, h: number, rnd: () => number): 
     minY = Math.min(minY, py); maxY = Math.max(maxY, py);
   }
   const pad = halfW + 1.5;
-  const box = toBox(minX - pad, minY - pad, maxX + pad, maxY + pad, w, h);
-  const [bx, by, bw, bh] = box;
+  const [bx, by, bw, bh] = toBox(minX - pad, minY - pad, maxX + pad, maxY + pad, w, h);
+  const ext = new Extent(0.2 * Math.abs(c));
   const mask = new Float32Array(bw * bh);
   const taper = new Float32Array(bw * bh);
   const r = Math.ceil(halfW + 1);
@@ -174,10 +200,14 @@ function drawScratch(L: Float32Array, w: number, h: number, rnd: () => number): 
   for (let my = 0; my < bh; my++) {
     for (let mx = 0; mx < bw; mx++) {
       const k = my * bw + mx;
-      if (mask[k]! > 0) L[(by + my) * w + bx + mx]! += c * mask[k]! * taper[k]!;
+      if (mask[k]! > 0) {
+        const d = c * mask[k]! * taper[k]!;
+        L[(by + my) * w + bx + mx]! += d;
+        ext.add(bx + mx, by + my, d);
+      }
     }
   }
-  return box;
+  return ext.box(w, h);
 }
 
 function drawDust(L: Float32Array, w: number, h: number, rnd: () => number): Box {
@@ -185,18 +215,16 @@ function drawDust(L: Float32Array, w: number, h: number, rnd: () => number): Box
   const cx = lerp(8, w - 8, rnd());
   const cy = lerp(8, h - 8, rnd());
   const c = -contrast(rnd, 45, 110, 10, 18);
-  let minX = Infinity, minY = Infinity, maxX = -Infinity, maxY = -Infinity;
+  const ext = new Extent(0.2 * Math.abs(c));
   for (let i = 0; i < n; i++) {
     const px = clamp(cx + (i ? (rnd() - 0.5) * 14 : 0), 3, w - 3);
     const py = clamp(cy + (i ? (rnd() - 0.5) * 14 : 0), 3, h - 3);
     const rad = lerp(2, 5, rnd()) / 2;
     const sc = c * lerp(0.7, 1, rnd());
     const box = toBox(px - rad - 1, py - rad - 1, px + rad + 1, py + rad + 1, w, h);
-    paint(L, w, h, box, (x, y) => sc * clamp(rad + 0.5 - Math.hypot(x - px, y - py), 0, 1));
-    minX = Math.min(minX, px - rad); maxX = Math.max(maxX, px + rad);
-    minY = Math.min(minY, py - rad); maxY = Math.max(maxY, py + rad);
+    paint(L, w, h, box, ext, (x, y) => sc * clamp(rad + 0.5 - Math.hypot(x - px, y - py), 0, 1));
   }
-  return toBox(minX, minY, maxX, maxY, w, h);
+  return ext.box(w, h);
 }
 
 function drawBubble(L: Float32Array, w: number, h: number, rnd: () => number): Box {
@@ -205,16 +233,16 @@ function drawBubble(L: Float32Array, w: number, h: number, rnd: () => number): B
   const cy = lerp(R + 3, h - R - 3, rnd());
   const c = contrast(rnd, 25, 60, 7, 12);
   const sig = lerp(0.7, 1.1, rnd());
-  const box = toBox(cx - R - 3, cy - R - 3, cx + R + 3, cy + R + 3, w, h);
+  const ext = new Extent(0.2 * c);
   // Bright rim at the edge, a thin dark band just inside it, a slightly lifted centre.
-  paint(L, w, h, box, (x, y) => {
+  paint(L, w, h, toBox(cx - R - 3, cy - R - 3, cx + R + 3, cy + R + 3, w, h), ext, (x, y) => {
     const r = Math.hypot(x - cx, y - cy);
     const rim = Math.exp(-(((r - R) / sig) ** 2));
     const inner = Math.exp(-(((r - (R - 1.8 * sig)) / sig) ** 2));
     const centre = r < R ? 0.12 : 0;
     return c * (rim - 0.4 * inner + centre);
   });
-  return toBox(cx - R - 1, cy - R - 1, cx + R + 1, cy + R + 1, w, h);
+  return ext.box(w, h);
 }
 
 function drawStain(L: Float32Array, w: number, h: number, rnd: () => number): Box {
@@ -231,13 +259,13 @@ function drawStain(L: Float32Array, w: number, h: number, rnd: () => number): Bo
     const d = R * lerp(0.2, 0.45, rnd());
     lobes.push({ x: cx + Math.cos(a) * d, y: cy + Math.sin(a) * d, s: R * lerp(0.3, 0.45, rnd()) });
   }
-  const box = toBox(cx - R - 4, cy - R - 4, cx + R + 4, cy + R + 4, w, h);
-  paint(L, w, h, box, (x, y) => {
+  const ext = new Extent(0.2 * Math.abs(c));
+  paint(L, w, h, toBox(cx - R - 4, cy - R - 4, cx + R + 4, cy + R + 4, w, h), ext, (x, y) => {
     let v = 0;
     for (const l of lobes) v = Math.max(v, Math.exp(-((x - l.x) ** 2 + (y - l.y) ** 2) / (2 * l.s * l.s)));
     return v > 0.01 ? c * v : 0;
   });
-  return toBox(cx - R, cy - R, cx + R, cy + R, w, h);
+  return ext.box(w, h);
 }
 
 const DRAW: Record<FilmDefectClass, (L: Float32Array, w: number, h: number, rnd: () => number) => Box> = {
@@ -247,8 +275,17 @@ const DRAW: Record<FilmDefectClass, (L: Float32Array, w: number, h: number, rnd:
   stain: drawStain,
 };
 
-/** Smooth value noise: a coarse random grid, bilinearly upsampled row by row. */
-function addValueNoise(L: Float32Array, w: number, h: number, cell: number, amp: number, rnd: () => number): void {
+/** One octave of value noise: a coarse random grid plus per-column lookup tables. */
+interface Octave {
+  grid: Float32Array;
+  gw: number;
+  cell: number;
+  ix: Int32Array;
+  fx: Float32Array;
+  row: Float32Array;
+}
+
+function octave(w: number, h: number, cell: number, amp: number, rnd: () => number): Octave {
   const gw = Math.ceil(w / cell) + 2;
   const gh = Math.ceil(h / cell) + 2;
   const grid = new Float32Array(gw * gh);
@@ -261,19 +298,33 @@ function addValueNoise(L: Float32Array, w: number, h: number, cell: number, amp:
     const f = g - ix[x]!;
     fx[x] = f * f * (3 - 2 * f); // smoothstep hides the grid
   }
-  const row = new Float32Array(gw);
+  return { grid, gw, cell, ix, fx, row: new Float32Array(gw) };
+}
+
+function octaveRow(o: Octave, y: number): void {
+  const g = y / o.cell;
+  const iy = Math.floor(g);
+  let f = g - iy;
+  f = f * f * (3 - 2 * f);
+  const r0 = iy * o.gw;
+  const r1 = r0 + o.gw;
+  for (let i = 0; i < o.gw; i++) o.row[i] = o.grid[r0 + i]! + (o.grid[r1 + i]! - o.grid[r0 + i]!) * f;
+}
+
+/** Smooth film texture: two octaves of value noise, bilinearly upsampled, added in one pass. */
+function addTexture(L: Float32Array, w: number, h: number, a: Octave, b: Octave): void {
+  const { ix: ax, fx: af, row: ar } = a;
+  const { ix: bx, fx: bf, row: br } = b;
   for (let y = 0; y < h; y++) {
-    const g = y / cell;
-    const iy = Math.floor(g);
-    let f = g - iy;
-    f = f * f * (3 - 2 * f);
-    const r0 = iy * gw;
-    const r1 = r0 + gw;
-    for (let i = 0; i < gw; i++) row[i] = grid[r0 + i]! + (grid[r1 + i]! - grid[r0 + i]!) * f;
+    octaveRow(a, y);
+    octaveRow(b, y);
     const o = y * w;
     for (let x = 0; x < w; x++) {
-      const a = row[ix[x]!]!;
-      L[o + x]! += a + (row[ix[x]! + 1]! - a) * fx[x]!;
+      const i = ax[x]!;
+      const j = bx[x]!;
+      const va = ar[i]!;
+      const vb = br[j]!;
+      L[o + x]! += va + (ar[i + 1]! - va) * af[x]! + vb + (br[j + 1]! - vb) * bf[x]!;
     }
   }
 }
@@ -321,8 +372,12 @@ export function renderFilmFrame(opts: FilmOptions, index: number): FilmFrame {
     for (let x = 0; x < w; x++) L[o + x] = r + col[x]!;
   }
   // Fine film texture: two octaves of low-amplitude smooth noise.
-  addValueNoise(L, w, h, lerp(6, 12, rnd()), lerp(1.0, 2.5, rnd()), rnd);
-  addValueNoise(L, w, h, 2.5, lerp(0.4, 1.0, rnd()), rnd);
+  const coarse = octave(w, h, lerp(6, 12, rnd()), lerp(1.0, 2.5, rnd()), rnd);
+  addTexture(L, w, h, coarse, octave(w, h, 2.5, lerp(0.4, 1.0, rnd()), rnd));
+
+  // Drawn before the defects so that, for one (seed, index), everything but the defects is the same
+  // whatever defectRate is (tests rely on it to locate the defect pixels).
+  const sigma = lerp(2, 3, rnd());
 
   // Defects.
   const defects: string[] = [];
@@ -339,28 +394,27 @@ export function renderFilmFrame(opts: FilmOptions, index: number): FilmFrame {
   }
 
   // Sensor noise (gaussian, sigma 2-3 grey levels), per channel; the clamped array rounds and clips.
-  const sigma = lerp(2, 3, rnd());
   const out = new Uint8ClampedArray(w * h * 3);
-  let ns = hashSeed(opts.seed ^ 0x2545f491, index) >>> 0;
-  let spare = -1; // each 32-bit draw gives two 16-bit gaussian indices
+  let ns = hashSeed(opts.seed ^ 0x2545f491, index) | 0;
+  // Inlined mulberry32 (hot loop); each 32-bit draw gives two 16-bit indices into GAUSS.
+  const draw = (): number => {
+    ns = (ns + 0x6d2b79f5) | 0;
+    let t = Math.imul(ns ^ (ns >>> 15), ns | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (t ^ (t >>> 14)) >>> 0;
+  };
   const t0 = tint[0], t1 = tint[1], t2 = tint[2];
-  for (let i = 0, j = 0; i < L.length; i++, j += 3) {
+  const n = L.length;
+  let spare = 0;
+  for (let i = 0, j = 0; i < n; i++, j += 3) {
     const v = L[i]!;
-    for (let c = 0; c < 3; c++) {
-      let g: number;
-      if (spare >= 0) {
-        g = spare;
-        spare = -1;
-      } else {
-        ns = (ns + 0x6d2b79f5) | 0;
-        let t = Math.imul(ns ^ (ns >>> 15), ns | 1);
-        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-        t = (t ^ (t >>> 14)) >>> 0;
-        g = t & 0xffff;
-        spare = t >>> 16;
-      }
-      out[j + c] = v * (c === 0 ? t0 : c === 1 ? t1 : t2) + GAUSS[g]! * sigma;
-    }
+    const a = draw();
+    // Three channels need 48 bits: the third index alternates between halves of a shared draw.
+    if ((i & 1) === 0) spare = draw();
+    const b = (i & 1) === 0 ? spare & 0xffff : spare >>> 16;
+    out[j] = v * t0 + GAUSS[a & 0xffff]! * sigma;
+    out[j + 1] = v * t1 + GAUSS[a >>> 16]! * sigma;
+    out[j + 2] = v * t2 + GAUSS[b]! * sigma;
   }
 
   const truth: GroundTruth = {
@@ -432,19 +486,27 @@ export class Pacer {
   }
   private arm(): void {
     if (!this.running) return;
-    this.timer = this.clock.at(this.nextNs, () => void this.fire());
+    this.timer = this.clock.at(this.nextNs, () => this.fire());
   }
-  private async fire(): Promise<void> {
+  private fire(): void {
     this.timer = undefined;
     if (!this.running) return;
+    let result: void | Promise<void>;
     try {
-      await this.tick();
-    } finally {
-      const now = this.clock.nowNs();
-      this.nextNs += this.periodNs;
-      if (this.nextNs <= now) this.nextNs = now + this.periodNs - ((now - this.nextNs) % this.periodNs);
-      this.arm();
+      result = this.tick();
+    } catch {
+      result = undefined; // a failing tick is the caller's to report; pacing goes on
     }
+    // A synchronous tick re-arms at once (so a fake clock sees the next deadline in the same advance).
+    if (result instanceof Promise) void result.catch(() => {}).then(() => this.schedule());
+    else this.schedule();
+  }
+  private schedule(): void {
+    if (!this.running) return;
+    const now = this.clock.nowNs();
+    this.nextNs += this.periodNs;
+    if (this.nextNs <= now) this.nextNs = now + this.periodNs - ((now - this.nextNs) % this.periodNs);
+    this.arm();
   }
 }
 

@@ -29,7 +29,10 @@ export function checkDebounce(ms: unknown, what: string): number {
   return ms;
 }
 
-export function checkOffset(spec: LineSpec): void {
+export function checkSpec(spec: LineSpec): void {
+  if (!spec || typeof spec !== 'object' || typeof spec.chip !== 'string' || spec.chip === '') {
+    throw new GpioError(`bad line spec ${JSON.stringify(spec)}: expected { chip, line }`);
+  }
   if (!Number.isInteger(spec.line) || spec.line < 0) {
     throw new GpioError(`line ${describe(spec.line)} on chip '${spec.chip}': the offset must be an integer >= 0`);
   }
@@ -118,6 +121,7 @@ export class SimGpio implements GpioBinding {
   }
 
   async openInput(spec: LineSpec, opts: { edge: Edge; debounceMs?: number }): Promise<GpioInput> {
+    checkSpec(spec);
     const what = `input ${lineName(spec)}`;
     checkEdge(opts?.edge, what);
     const debounceMs = checkDebounce(opts.debounceMs, what);
@@ -128,6 +132,7 @@ export class SimGpio implements GpioBinding {
   }
 
   async openOutput(spec: LineSpec, opts: { initial: 0 | 1 }): Promise<GpioOutput> {
+    checkSpec(spec);
     checkLevel(opts?.initial, `output ${lineName(spec)} initial`);
     const [key, state] = this.claim(spec);
     const output = new SimOutput(this, key, state, spec);
@@ -174,8 +179,7 @@ export class SimGpio implements GpioBinding {
 
   /** Resolve a spec to its state, creating it on first use; rejects unknown chips and offsets. */
   private resolve(spec: LineSpec): [string, LineState] {
-    if (!spec || typeof spec.chip !== 'string') throw new GpioError(`bad line spec ${JSON.stringify(spec)}: expected { chip, line }`);
-    checkOffset(spec);
+    checkSpec(spec);
     const chip = this.chipList.find((c) => c.label === spec.chip || c.path === spec.chip);
     if (!chip) {
       const known = this.chipList.map((c) => `'${c.label}' (${c.path})`).join(', ');
@@ -199,7 +203,7 @@ export class SimGpio implements GpioBinding {
     const [key, state] = this.resolve(spec);
     if (state.owner) {
       const as = state.owner instanceof SimInput ? 'an input' : 'an output';
-      throw new GpioError(`line ${lineName(spec)} is busy: already open as ${as}`);
+      throw new GpioError(`line ${key} is busy: already open as ${as}`);
     }
     return [key, state];
   }

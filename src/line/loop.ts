@@ -149,6 +149,7 @@ export class InspectionLoop {
       part.t.inferEndNs = clock.nowNs();
       part.model = result.model;
       part.provider = result.provider;
+      part.timings = result.timings;
       if (tracked.decided) {
         part.verdict = result.verdict;
         this.d.bus.emit('lateVerdict', part);

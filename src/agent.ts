@@ -1,0 +1,400 @@
+// The one wiring module (the zigbee2mqtt controller pattern): builds every capability from the
+// config, connects them through the bus, and owns start/stop order. Nothing else in src/ knows
+// which concrete camera, GPIO binding, model runtime or broker is in use.
+import { Bus, type AgentState } from './bus.js';
+import { SystemClock, type Clock } from './clock.js';
+import type { Config } from './config/schema.js';
+import { createFrameSource } from './camera/index.js';
+import type { FrameSource } from './camera/types.js';
+import { createGpioBinding } from './gpio/index.js';
+import type { GpioBinding, GpioOutput, LineSpec } from './gpio/types.js';
+import { InferencePool } from './inference/index.js';
+import type { Inspector } from './inference/types.js';
+import { DivertScheduler } from './line/divert.js';
+import { InspectionLoop, travelMs, type TriggerInput } from './line/loop.js';
+import { PartIds, nextBootId } from './line/part-id.js';
+import type { Logger } from './log.js';
+import type { Part } from './part.js';
+import { MqttPublisher } from './publish/mqtt.js';
+import { LineStats } from './telemetry/stats.js';
+import { Metrics } from './telemetry/metrics.js';
+import { StackLight, type StackLightOutputs } from './line/stacklight.js';
+import { HttpServer } from './http/server.js';
+import type { Frame } from './part.js';
+import type { InferenceResult } from './inference/types.js';
+import { createTrigger } from './trigger/index.js';
+import type { Trigger } from './trigger/types.js';
+import { CommandTrigger } from './trigger/command.js';
+
+import { AGENT_VERSION } from './version.js';
+
+export { AGENT_VERSION };
+
+/** Lines used by the sim binding when the config names none (demo and tests). */
+const SIM_DEFAULTS = {
+  photoEye: { chip: 'sim0', line: 0 },
+  divert: { chip: 'sim0', line: 1 },
+  ready: { chip: 'sim0', line: 2 },
+} satisfies Record<string, LineSpec>;
+
+export interface AgentOptions {
+  log: Logger;
+  clock?: Clock;
+  /** A GPIO binding to use instead of the configured one (tests pass a shared SimGpio). */
+  gpio?: GpioBinding;
+  /** Demo: move to the next port when the HTTP port is taken. */
+  httpTryNextPorts?: boolean;
+}
+
+export interface AgentStatus {
+  state: AgentState;
+  station: string;
+  line: string;
+  bootId: string;
+  agentVersion: string;
+  uptimeS: number;
+  model?: { name: string; version: string; sha256: string };
+  provider?: string;
+  camera: string;
+  trigger: string;
+  gpio: string;
+  mqtt?: ReturnType<MqttPublisher['stats']>;
+  inFlight: number;
+  travelMs: number;
+}
+
+export class Agent {
+  readonly bus = new Bus();
+  readonly stats = new LineStats();
+  readonly clock: Clock;
+  private readonly log: Logger;
+  private state: AgentState = 'stopped';
+  private startedAt = 0;
+  private bootId = '';
+  private gpio?: GpioBinding;
+  private source?: FrameSource;
+  private inspector?: Inspector;
+  private divert?: DivertScheduler;
+  private divertOut?: GpioOutput;
+  private readyOut?: GpioOutput;
+  private loop?: InspectionLoop;
+  private trigger?: Trigger;
+  private command?: CommandTrigger;
+  private publisher?: MqttPublisher;
+  private http?: HttpServer;
+  private stackLight?: StackLight;
+  private stackOutputs: StackLightOutputs = {};
+  readonly metrics: Metrics;
+  private unsub: (() => void)[] = [];
+  /** The operator page's address once HTTP is listening. */
+  httpUrl?: string;
+
+  constructor(
+    readonly cfg: Config,
+    private readonly opts: AgentOptions,
+  ) {
+    this.clock = opts.clock ?? new SystemClock();
+    this.log = opts.log;
+    this.metrics = new Metrics({
+      inFlight: () => this.loop?.inFlightCount() ?? 0,
+      inferenceQueue: () => safe(() => this.inspector!.info().queued) ?? 0,
+      outboxDepth: () => this.publisher?.stats().outbox?.pending,
+      camera: () => this.source?.stats(),
+      model: () => safe(() => {
+        const i = this.inspector!.info();
+        return { ...i.model, provider: i.provider };
+      }),
+      mqttConnected: () => this.publisher?.stats().connected,
+    });
+  }
+
+  private setState(s: AgentState): void {
+    this.state = s;
+    this.bus.emit('state', s);
+  }
+
+  /** Start everything; on failure, what was started is stopped again and the error rethrown. */
+  async start(): Promise<void> {
+    const { cfg, clock, log } = this;
+    this.setState('starting');
+    this.startedAt = Date.now();
+    this.bootId = nextBootId(cfg.station.stateDir);
+    this.stats.attach(this.bus);
+    this.metrics.attach(this.bus);
+    try {
+      // Outputs first, in their safe state, so nothing moves while the rest starts.
+      const gpio = (this.gpio = this.opts.gpio ?? createGpioBinding(cfg.gpio, { clock, log: log.child({ mod: 'gpio' }) }));
+      const sim = cfg.gpio.backend === 'sim';
+      const divertSpec = cfg.gpio.divert ?? (sim ? SIM_DEFAULTS.divert : undefined);
+      const readySpec = cfg.gpio.ready ?? (sim ? SIM_DEFAULTS.ready : undefined);
+      if (divertSpec) this.divertOut = await gpio.openOutput(divertSpec, { initial: 0 });
+      else log.warn('no divert output configured (gpio.divert): rejects are reported but nothing is diverted');
+      if (readySpec) this.readyOut = await gpio.openOutput(readySpec, { initial: 0 });
+      const sl = cfg.gpio.stackLight;
+      for (const c of ['green', 'amber', 'red', 'buzzer'] as const) {
+        const spec = sl[c];
+        if (spec) this.stackOutputs[c] = await gpio.openOutput(spec, { initial: 0 });
+      }
+      this.stackLight = new StackLight(this.stackOutputs, { buzzerAfterRejects: sl.buzzerAfterRejects, degraded: () => this.degraded() });
+      this.stackLight.start(this.bus);
+
+      const inspector = (this.inspector = new InferencePool({
+        modelDir: cfg.model.path,
+        providers: cfg.model.providers,
+        workers: cfg.model.workers,
+        intraOpThreads: cfg.model.intraOpThreads,
+        queueLimit: cfg.model.queueLimit,
+        log: log.child({ mod: 'inference' }),
+      }));
+      await inspector.start();
+      const info = inspector.info();
+      log.info('model loaded', { model: info.model, provider: info.provider, workers: info.workers });
+
+      const source = (this.source = createFrameSource(cfg.camera, {
+        clock,
+        log: log.child({ mod: 'camera' }),
+        onAlarm: (kind: string, message: string) => this.bus.emit('alarm', { kind: 'camera', severity: 'warning', message: `${kind}: ${message}` }),
+      }));
+      await source.start();
+
+      this.divert = new DivertScheduler({
+        clock,
+        output: this.divertOut,
+        pulseMs: cfg.line.pulseMs,
+        log: log.child({ mod: 'divert' }),
+        onEdge: (on, t) => this.bus.emit('divert', on, t),
+        onError: (err) => this.bus.emit('alarm', { kind: 'gpio', severity: 'critical', message: `divert output: ${err.message}` }),
+      });
+      this.loop = new InspectionLoop({
+        clock, log: log.child({ mod: 'line' }), bus: this.bus, source, inspector,
+        divert: this.divert, ids: new PartIds(cfg.station.id, this.bootId), station: cfg.station.id, line: cfg.line,
+      });
+      this.loop.start();
+
+      if (cfg.mqtt.url) {
+        this.publisher = new MqttPublisher({
+          cfg: cfg.mqtt,
+          station: { line: cfg.station.line, id: cfg.station.id },
+          stateDir: cfg.station.stateDir,
+          clock,
+          log: log.child({ mod: 'mqtt' }),
+          onCommand: (name: string, payload: unknown) => this.runCommand(name, payload),
+        });
+        await this.publisher.start();
+        this.unsub.push(
+          this.bus.on('decided', (p) => void this.publish(p)),
+          this.bus.on('alarm', (a) => void this.publisher?.publishAlarm(a).catch((err: Error) => log.error('alarm publish failed', { err: err.message }))),
+          this.bus.on('state', () => void this.publishStatus()),
+        );
+      }
+      this.unsub.push(this.bus.on('alarm', (a) => log.warn('alarm', { ...a })));
+
+      if (cfg.http.enabled) {
+        this.http = new HttpServer({
+          cfg: cfg.http,
+          log: log.child({ mod: 'http' }),
+          bus: this.bus,
+          metrics: this.metrics,
+          status: () => this.status() as unknown as Record<string, unknown>,
+          model: () => safe(() => this.inspector!.info().manifest) as unknown as Record<string, unknown> | undefined,
+          ready: () => this.readiness(),
+          predict: (frame) => this.predict(frame),
+          command: (name, payload) => this.runCommand(name, payload),
+          stats: () => this.stats.snapshot(),
+          stackLight: () => this.stackLight?.snapshot(),
+          colour: () => (safe(() => this.inspector!.info().manifest.input.colour) === 'gray' ? 'gray' : 'rgb'),
+        });
+        this.httpUrl = await this.http.start({ tryNextPorts: this.opts.httpTryNextPorts });
+        log.info('http listening', { url: this.httpUrl });
+      }
+
+      const t = createTrigger(cfg.trigger, {
+        clock, gpio, source, log: log.child({ mod: 'trigger' }),
+        photoEye: cfg.trigger.gpio.input ?? (sim ? SIM_DEFAULTS.photoEye : undefined),
+      });
+      this.trigger = t.trigger;
+      this.command = t.command;
+      // Command parts are handed to the loop by runCommand (it replies with the part id).
+      t.trigger.onTrigger((ev: TriggerInput) => this.loop?.onTrigger(ev));
+      await this.trigger.start();
+      await this.command.start();
+
+      this.setState('running');
+      await this.setReady();
+      await this.publishStatus();
+      log.info('line running', {
+        station: cfg.station.id, trigger: cfg.trigger.mode, camera: cfg.camera.source, gpio: this.gpio.name,
+        travelMs: travelMs(cfg.line), mqtt: cfg.mqtt.url || null,
+      });
+    } catch (err) {
+      log.error('start failed', { err: (err as Error).message });
+      await this.stop().catch(() => {});
+      throw err;
+    }
+  }
+
+  private async publish(p: Part): Promise<void> {
+    try {
+      await this.publisher?.publishInspection(p, { line: this.cfg.station.line });
+    } catch (err) {
+      this.log.error('inspection publish failed', { partId: p.id, err: (err as Error).message });
+    }
+  }
+
+  private async publishStatus(): Promise<void> {
+    if (!this.publisher) return;
+    const s = this.status();
+    await this.publisher
+      .publishStatus({
+        state: s.state === 'running' ? 'online' : s.state === 'paused' ? 'paused' : 'offline',
+        station: s.station, line: s.line, model: s.model, provider: s.provider,
+        agentVersion: s.agentVersion, bootId: s.bootId, uptimeS: s.uptimeS, time: new Date().toISOString(),
+      })
+      .catch((err: Error) => this.log.error('status publish failed', { err: err.message }));
+  }
+
+  /** The ready output is high only while the agent can inspect: the PLC watches it. */
+  private async setReady(): Promise<void> {
+    const ready = this.state === 'running' ? 1 : 0;
+    try {
+      this.readyOut?.writeSync(ready);
+    } catch (err) {
+      this.bus.emit('alarm', { kind: 'gpio', severity: 'critical', message: `ready output: ${(err as Error).message}` });
+    }
+  }
+
+  /** Commands from MQTT (cmd/<name>) and HTTP. Throws with a clear message on bad input. */
+  async runCommand(name: string, payload: unknown): Promise<unknown> {
+    switch (name) {
+      case 'trigger': {
+        if (this.state !== 'running' && this.state !== 'paused') throw new Error(`cannot trigger: the agent is ${this.state}`);
+        const ev = this.command!.fire();
+        const part = this.loop!.onTrigger(ev);
+        return { partId: part.id };
+      }
+      case 'pause':
+        this.loop?.pause();
+        this.setState('paused');
+        await this.setReady();
+        return { state: this.state };
+      case 'resume':
+        this.loop?.resume();
+        this.setState('running');
+        await this.setReady();
+        return { state: this.state };
+      case 'status':
+        return this.status();
+      default:
+        throw new Error(`unknown command '${name}': use trigger, pause, resume or status`);
+    }
+    void payload;
+  }
+
+  /** Synchronous inference for the HTTP API: the same pool as the line, behind the line's parts. */
+  predict(frame: Frame): Promise<InferenceResult> {
+    if (!this.inspector) return Promise.reject(new Error('no model loaded yet'));
+    return this.inspector.inspect(frame, { priority: 'api' });
+  }
+
+  /** Why the line is degraded (amber), empty when all is well. */
+  private degraded(): string[] {
+    const r: string[] = [];
+    const m = this.publisher?.stats();
+    if (m && !m.connected) r.push('MQTT broker not connected (results kept in the outbox)');
+    if (m?.outbox && m.outbox.pending > 100) r.push(`outbox backing up: ${m.outbox.pending} results waiting`);
+    const cam = this.source?.stats();
+    if (cam && cam.stalls > 0 && cam.fps === 0 && this.cfg.trigger.mode === 'freerun') r.push('camera delivers no frames');
+    return r;
+  }
+
+  /** /readyz: model loaded, camera delivering, broker connected or outbox healthy. */
+  readiness(): { ready: boolean; checks: Record<string, { ok: boolean; detail?: string }> } {
+    const info = safe(() => this.inspector!.info());
+    const cam = this.source?.stats();
+    const m = this.publisher?.stats();
+    const checks: Record<string, { ok: boolean; detail?: string }> = {
+      state: { ok: this.state === 'running', detail: this.state },
+      model: { ok: info !== undefined, detail: info ? `${info.model.name}@${info.model.version} on ${info.provider}` : 'not loaded' },
+      camera: { ok: cam !== undefined && (cam.frames > 0 || this.cfg.trigger.mode !== 'freerun'), detail: cam ? `${cam.frames} frames, ${cam.fps.toFixed(1)} fps, ${cam.stalls} stalls` : 'not started' },
+      mqtt: m ? { ok: m.connected || (m.outbox?.healthy ?? true), detail: m.connected ? 'connected' : 'disconnected, results kept in the outbox' } : { ok: true, detail: 'no broker configured' },
+    };
+    return { ready: Object.values(checks).every((c) => c.ok), checks };
+  }
+
+  status(): AgentStatus {
+    const info = this.inspector && this.state !== 'stopped' ? safe(() => this.inspector!.info()) : undefined;
+    return {
+      state: this.state,
+      station: this.cfg.station.id,
+      line: this.cfg.station.line,
+      bootId: this.bootId,
+      agentVersion: AGENT_VERSION,
+      uptimeS: this.startedAt ? Math.round((Date.now() - this.startedAt) / 1000) : 0,
+      model: info?.model,
+      provider: info?.provider,
+      camera: this.cfg.camera.source,
+      trigger: this.cfg.trigger.mode,
+      gpio: this.gpio?.name ?? this.cfg.gpio.backend,
+      mqtt: this.publisher?.stats(),
+      inFlight: this.loop?.inFlightCount() ?? 0,
+      travelMs: travelMs(this.cfg.line),
+    };
+  }
+
+  /** The safe state, synchronously: for exit and crash paths where nothing can be awaited. */
+  safeStateSync(): void {
+    try {
+      this.divert?.safeState();
+    } catch {
+      /* best effort */
+    }
+    for (const o of [this.readyOut, ...Object.values(this.stackOutputs)]) {
+      try {
+        o?.writeSync(0);
+      } catch {
+        /* best effort */
+      }
+    }
+  }
+
+  /**
+   * Graceful stop: stop triggers, let parts in flight get their verdict (bounded), divert the
+   * rest, put outputs in their safe state, publish offline, flush the outbox.
+   */
+  async stop(timeoutMs = 5000): Promise<void> {
+    if (this.state === 'stopped' || this.state === 'stopping') return;
+    this.setState('stopping');
+    await this.setReady();
+    await this.trigger?.stop().catch(() => {});
+    await this.command?.stop().catch(() => {});
+    await this.loop?.drain(Math.min(timeoutMs, 2000));
+    this.loop?.stop();
+    // Let pulses already scheduled for decided parts finish before the gate closes for good.
+    const until = Date.now() + Math.min(timeoutMs, 3000);
+    while ((this.divert?.pending() ?? 0) > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    this.safeStateSync();
+    await this.source?.stop().catch(() => {});
+    await this.inspector?.stop().catch(() => {});
+    for (const u of this.unsub) u();
+    this.unsub = [];
+    await this.publisher?.stop().catch((err: Error) => this.log.error('mqtt stop failed', { err: err.message }));
+    await this.http?.stop().catch(() => {});
+    this.stackLight?.stop();
+    for (const o of Object.values(this.stackOutputs)) await o.close().catch(() => {});
+    this.metrics.detach();
+    await this.divertOut?.close().catch(() => {});
+    await this.readyOut?.close().catch(() => {});
+    if (!this.opts.gpio) await this.gpio?.close().catch(() => {});
+    this.stats.detach();
+    this.setState('stopped');
+    this.log.info('stopped', { parts: this.stats.snapshot().parts });
+  }
+}
+
+function safe<T>(fn: () => T): T | undefined {
+  try {
+    return fn();
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,251 @@
+// Replay: a folder of still images played as a camera, for demos, soak tests and evaluating a
+// model on a labelled data set (good/, scratch/, … folders give each frame its ground truth).
+import { readdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import sharp from 'sharp';
+import type { Clock } from '../clock.js';
+import type { Config } from '../config/schema.js';
+import type { Logger } from '../log.js';
+import type { Frame, GroundTruth } from '../part.js';
+import { FpsMeter, Pacer, Subscribers, hashSeed, mulberry32 } from './synthetic.js';
+import { FrameError, type FrameSource } from './types.js';
+
+const IMAGE = /\.(jpe?g|png)$/i;
+/** Folders that hold annotations, not line images (e.g. magnetic-tile's masks/, MVTec's ground_truth/). */
+const NOT_IMAGES = /^(masks?|ground[-_ ]?truth|annotations?|labels?)$/i;
+/** Folder names that mean "defect-free" in the usual data set layouts. */
+const GOOD = /^(good|ok|pass|normal|no[-_ ]?defects?|defect[-_ ]?free)$/i;
+
+export interface ReplayItem {
+  file: string;
+  /** Parent folder name when the layout is labelled. */
+  label?: string;
+}
+
+/** All images under `root`, sorted by path (code-point order, so it doesn't depend on the locale). */
+export async function listImages(root: string): Promise<{ files: string[]; skipped: string[] }> {
+  const files: string[] = [];
+  const skipped: string[] = [];
+  const walk = async (dir: string): Promise<void> => {
+    const entries = await readdir(dir, { withFileTypes: true });
+    for (const e of entries) {
+      if (e.name.startsWith('.')) continue; // .git, .DS_Store, editor droppings
+      const p = path.join(dir, e.name);
+      let isDir = e.isDirectory();
+      let isFile = e.isFile();
+      if (e.isSymbolicLink()) {
+        const s = await stat(p).catch(() => undefined);
+        isDir = !!s?.isDirectory();
+        isFile = !!s?.isFile();
+      }
+      if (isDir) {
+        if (NOT_IMAGES.test(e.name)) skipped.push(p);
+        else await walk(p);
+      } else if (isFile && IMAGE.test(e.name)) files.push(p);
+    }
+  };
+  await walk(root);
+  files.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  return { files, skipped };
+}
+
+/**
+ * Labels from the parent folder names, when the folder looks like a labelled data set: every image
+ * sits in a sub-folder and one of those is called good/ok/normal… Otherwise no labels.
+ */
+export function labelItems(root: string, files: string[]): ReplayItem[] {
+  const parents = files.map((f) => {
+    const rel = path.relative(root, f);
+    return rel.includes(path.sep) ? path.basename(path.dirname(f)) : undefined;
+  });
+  const labelled = parents.length > 0 && parents.every((p) => p !== undefined) && parents.some((p) => GOOD.test(p!));
+  return files.map((file, i) => (labelled ? { file, label: parents[i]! } : { file }));
+}
+
+export function truthFromLabel(label: string): GroundTruth {
+  return GOOD.test(label) ? { verdict: 'pass', defects: [] } : { verdict: 'reject', defects: [label] };
+}
+
+/** Deterministic Fisher-Yates. */
+export function shuffle<T>(items: readonly T[], seed: number): T[] {
+  const out = items.slice();
+  const rnd = mulberry32(seed);
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(rnd() * (i + 1));
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out;
+}
+
+export class ReplaySource implements FrameSource {
+  readonly name = 'replay';
+  private items: ReplayItem[] = [];
+  private order: ReplayItem[] = [];
+  private pos = 0;
+  private pass = 0;
+  private seq = 0;
+  private started = false;
+  private finished = false;
+  private frames = 0;
+  private errors = 0;
+  private root = '';
+  private readonly meter: FpsMeter;
+  private readonly pacer: Pacer;
+  private readonly subs: Subscribers;
+  private readonly log: Logger;
+
+  constructor(
+    private readonly cfg: Config['camera']['replay'],
+    private readonly deps: { clock: Clock; log: Logger },
+  ) {
+    this.log = deps.log.child({ component: 'camera', source: 'replay' });
+    this.meter = new FpsMeter(deps.clock);
+    this.pacer = new Pacer(deps.clock, cfg.fps, () => this.freeRunTick());
+    this.subs = new Subscribers((n) => this.syncPacer(n));
+  }
+
+  async start(): Promise<void> {
+    if (this.started) return;
+    if (!this.cfg.dir) {
+      throw new Error('replay camera: camera.replay.dir is not set; set it to a folder of JPEG/PNG images');
+    }
+    const root = path.resolve(this.cfg.dir);
+    const st = await stat(root).catch(() => undefined);
+    if (!st) {
+      throw new Error(
+        `replay camera: folder ${root} does not exist; create it or set camera.replay.dir to a folder of JPEG/PNG images`,
+      );
+    }
+    if (!st.isDirectory()) {
+      throw new Error(`replay camera: ${root} is not a folder; set camera.replay.dir to a folder of JPEG/PNG images`);
+    }
+    let listed: { files: string[]; skipped: string[] };
+    try {
+      listed = await listImages(root);
+    } catch (err) {
+      throw new Error(`replay camera: cannot read folder ${root}: ${(err as Error).message}; check its permissions`);
+    }
+    if (listed.files.length === 0) {
+      throw new Error(
+        `replay camera: no JPEG/PNG images under ${root} (searched recursively); put images there or point camera.replay.dir at the right folder`,
+      );
+    }
+    this.root = root;
+    this.items = labelItems(root, listed.files);
+    this.pass = 0;
+    this.pos = 0;
+    this.finished = false;
+    this.order = this.orderFor(0);
+    this.started = true;
+    const labels = [...new Set(this.items.map((i) => i.label).filter((l): l is string => !!l))];
+    this.log.info('replay camera started', {
+      dir: root,
+      images: this.items.length,
+      order: this.cfg.order,
+      loop: this.cfg.loop,
+      labels: labels.length ? labels : undefined,
+      skipped: listed.skipped.length ? listed.skipped : undefined,
+    });
+    this.syncPacer(this.subs.size);
+  }
+
+  async stop(): Promise<void> {
+    this.started = false;
+    this.pacer.stop();
+  }
+
+  async grab(): Promise<Frame> {
+    if (!this.started) throw new FrameError('replay camera is not started', 'camera');
+    if (this.finished) throw this.finishedError();
+    // Claim the image before awaiting, so concurrent grabs get different images and a bad file is
+    // skipped by the next grab rather than retried for ever.
+    const item = this.order[this.pos++]!;
+    if (this.pos >= this.order.length) {
+      if (this.cfg.loop) {
+        this.pass++;
+        this.pos = 0;
+        this.order = this.orderFor(this.pass);
+      } else {
+        this.finished = true;
+      }
+    }
+    return this.decode(item);
+  }
+
+  onFrame(cb: (frame: Frame) => void, onError?: (err: FrameError) => void): () => void {
+    return this.subs.add(cb, onError);
+  }
+
+  stats(): { frames: number; errors: number; stalls: number; restarts: number; fps: number } {
+    return { frames: this.frames, errors: this.errors, stalls: 0, restarts: 0, fps: this.meter.fps() };
+  }
+
+  private orderFor(pass: number): ReplayItem[] {
+    // Each loop is reshuffled (deterministically) so a long soak doesn't see one fixed sequence.
+    return this.cfg.order === 'shuffle' ? shuffle(this.items, hashSeed(this.cfg.seed, pass)) : this.items;
+  }
+
+  private finishedError(): FrameError {
+    return new FrameError(
+      `replay finished: all ${this.items.length} images of ${this.root} were shown (camera.replay.loop is false)`,
+      'camera',
+    );
+  }
+
+  private async decode(item: ReplayItem): Promise<Frame> {
+    const gray = this.cfg.colour === 'gray';
+    let decoded;
+    try {
+      // failOn 'warning': a truncated or damaged file is an error, not a half-grey frame.
+      let img = sharp(item.file, { failOn: 'warning' }).autoOrient().removeAlpha();
+      img = gray ? img.grayscale() : img.toColourspace('srgb');
+      decoded = await img.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+    } catch (err) {
+      this.errors++;
+      throw new FrameError(`replay camera: cannot decode ${item.file}: ${(err as Error).message}`, 'bad_frame');
+    }
+    const { data, info } = decoded;
+    const channels = gray ? 1 : 3;
+    if (info.channels !== channels || data.length !== info.width * info.height * channels) {
+      this.errors++;
+      throw new FrameError(
+        `replay camera: ${item.file} decoded to ${info.width}x${info.height}x${info.channels} (${data.length} bytes), expected ${channels} channel(s)`,
+        'bad_frame',
+      );
+    }
+    this.frames++;
+    this.meter.tick();
+    const frame: Frame = {
+      seq: this.seq++,
+      timeNs: this.deps.clock.nowNs(),
+      width: info.width,
+      height: info.height,
+      channels,
+      data: new Uint8Array(data.buffer, data.byteOffset, data.length),
+      source: 'replay',
+      file: item.file,
+    };
+    if (item.label !== undefined) frame.truth = truthFromLabel(item.label);
+    return frame;
+  }
+
+  private syncPacer(subscribers: number): void {
+    if (this.started && !this.finished && subscribers > 0) this.pacer.start();
+    else this.pacer.stop();
+  }
+
+  private async freeRunTick(): Promise<void> {
+    try {
+      const frame = await this.grab();
+      if (this.started) this.subs.frame(frame);
+      // Played out (loop off): tell subscribers once, below, and stop pacing.
+      if (this.finished) throw this.finishedError();
+    } catch (err) {
+      const e = err instanceof FrameError ? err : new FrameError(String(err), 'bad_frame');
+      if (e.reason === 'bad_frame') this.log.warn('replay camera: bad image skipped', { error: e.message });
+      else this.log.info('replay camera: ' + e.message);
+      this.subs.error(e);
+    }
+    if (this.finished) this.pacer.stop();
+  }
+}

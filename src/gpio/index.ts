@@ -1,0 +1,32 @@
+// The GPIO binding the agent uses, chosen by config (gpio.backend), and the GPIO API in one import.
+import type { Clock } from '../clock.js';
+import type { Config } from '../config/schema.js';
+import type { Logger } from '../log.js';
+import { OnoffGpio } from './onoff.js';
+import { SimGpio } from './sim.js';
+import type { GpioBinding } from './types.js';
+import { GpioError } from './types.js';
+
+export * from './types.js';
+export { SimGpio, EdgeFilter } from './sim.js';
+export type { SimChip, SimGpioOptions, LevelChange } from './sim.js';
+export { OnoffGpio } from './onoff.js';
+export type { OnoffGpioOptions, OnoffGpioClass, OnoffGpioLike } from './onoff.js';
+export { DEFAULT_SYSFS_ROOT, listSysfsChips, findSysfsChip, resolveSysfsLine } from './sysfs.js';
+export type { SysfsChip, SysfsOptions, ResolvedLine } from './sysfs.js';
+
+/**
+ * 'sim': the in-memory simulator (one chip 'sim0' / '/dev/gpiochip0' with 32 lines; lines in the
+ * config must name it). 'onoff': sysfs GPIO; nothing touches the hardware until a line is opened.
+ */
+export function createGpioBinding(cfg: Config['gpio'], deps: { clock: Clock; log: Logger }): GpioBinding {
+  const log = deps.log.child({ component: 'gpio' });
+  switch (cfg.backend) {
+    case 'sim':
+      return new SimGpio({ clock: deps.clock });
+    case 'onoff':
+      return new OnoffGpio({ sysfsRoot: cfg.sysfsRoot, log });
+    default:
+      throw new GpioError(`unknown gpio.backend '${String((cfg as { backend: unknown }).backend)}' (expected 'sim' or 'onoff')`);
+  }
+}

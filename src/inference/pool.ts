@@ -1,0 +1,333 @@
+// InferencePool: the Inspector the line uses. Frames are preprocessed on the main thread (sharp,
+// asynchronous), queued (line parts before API requests), and run on worker threads, each with
+// its own onnxruntime session, so a slow model never stalls GPIO timing, MQTT or HTTP. A worker
+// that dies fails only the request it held ('worker_crash') and is restarted with backoff.
+import { Worker } from 'node:worker_threads';
+import { loadBundle, type ModelBundle } from './manifest.js';
+import { prepareInput, type Geometry } from './preprocess.js';
+import {
+  InferenceError,
+  ModelLoadError,
+  type InferenceResult,
+  type Inspector,
+  type InspectorInfo,
+  type ModelManifest,
+} from './types.js';
+import type { FromWorker, ProviderFailure, ToWorker, WorkerInit } from './worker.js';
+import type { Frame, ModelRef } from '../part.js';
+import type { Logger } from '../log.js';
+
+export interface InferencePoolOptions {
+  /** Model bundle folder (model.onnx + model.json). */
+  modelDir: string;
+  /** Execution providers in order of preference ('cuda', 'tensorrt', 'cpu', ...). */
+  providers: string[];
+  workers: number;
+  /** onnxruntime intra-op threads per worker; 0 = its default. */
+  intraOpThreads: number;
+  /** Requests waiting for a worker before new ones are refused with 'overload'. */
+  queueLimit: number;
+  log: Logger;
+}
+
+type Priority = 'line' | 'api';
+
+interface Job {
+  id: number;
+  priority: Priority;
+  pixels: Uint8Array;
+  channels: 1 | 3;
+  geometry: Geometry;
+  preMs: number;
+  queuedAt: bigint;
+  queueMs?: number;
+  resolve(r: InferenceResult): void;
+  reject(e: Error): void;
+}
+
+interface Slot {
+  index: number;
+  worker?: Worker;
+  state: 'starting' | 'idle' | 'busy' | 'dead';
+  job?: Job;
+  /** Consecutive failures (crash or failed start) since it last served a request: the backoff exponent. */
+  failures: number;
+  restartTimer?: NodeJS.Timeout;
+}
+
+const RESTART_MIN_MS = 100;
+const RESTART_MAX_MS = 10_000;
+
+/** The worker entry next to this file: worker.ts under tsx (tests, dev), worker.js from dist/. */
+const ownUrl = import.meta.url;
+const fromSources = ownUrl.endsWith('.ts');
+const workerUrl = new URL(fromSources ? './worker.ts' : './worker.js', ownUrl);
+
+function spawnWorker(init: WorkerInit): Worker {
+  if (!fromSources) return new Worker(workerUrl, { workerData: init });
+  // Worker threads do not inherit the tsx loader that runs these sources: register it first.
+  const tsxApi = import.meta.resolve('tsx/esm/api');
+  const bootstrap = `import(${JSON.stringify(tsxApi)}).then((t) => t.register()).then(() => import(${JSON.stringify(workerUrl.href)}))`;
+  return new Worker(bootstrap, { eval: true, workerData: init });
+}
+
+const msSince = (t: bigint): number => Number(process.hrtime.bigint() - t) / 1e6;
+const errMessage = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+
+export class InferencePool implements Inspector {
+  private state: 'new' | 'starting' | 'running' | 'stopped' = 'new';
+  private bundle?: ModelBundle;
+  private model?: ModelRef;
+  private provider = 'none';
+  private slots: Slot[] = [];
+  /** FIFO per priority; line parts always go first. */
+  private readonly queues: Record<Priority, Job[]> = { line: [], api: [] };
+  private nextId = 1;
+
+  constructor(private readonly opts: InferencePoolOptions) {}
+
+  async start(): Promise<void> {
+    if (this.state !== 'new') throw new Error(`inference pool cannot start: it is ${this.state}`);
+    this.state = 'starting';
+    const { log } = this.opts;
+    try {
+      const bundle = (this.bundle = await loadBundle(this.opts.modelDir));
+      const { manifest } = bundle;
+      this.model = { name: manifest.name, version: manifest.version, sha256: manifest.sha256 };
+
+      // The first worker finds the provider; the others start from it instead of retrying (and
+      // re-logging) providers that already failed.
+      const first = this.newSlot();
+      const ready = await this.startSlot(first, this.opts.providers);
+      for (const f of ready.failed) {
+        log.warn('execution provider unavailable, trying the next one', { provider: f.provider, error: f.error });
+      }
+      this.provider = ready.provider;
+      const rest = Array.from({ length: Math.max(1, this.opts.workers) - 1 }, () => this.newSlot());
+      await Promise.all(rest.map((slot) => this.startSlot(slot, this.providersFromActive())));
+      if (this.state !== 'starting') throw new Error('inference pool stopped while starting');
+
+      this.state = 'running';
+      log.info('inference pool started', {
+        model: this.model,
+        provider: this.provider,
+        workers: this.slots.length,
+        warmupMs: Number(ready.warmupMs.toFixed(1)),
+      });
+    } catch (err) {
+      await this.terminateAll();
+      this.state = 'stopped';
+      throw err instanceof ModelLoadError ? err : new ModelLoadError(errMessage(err));
+    }
+  }
+
+  async stop(): Promise<void> {
+    if (this.state === 'stopped') return;
+    this.state = 'stopped';
+    const stopped = (): InferenceError => new InferenceError('inference pool stopped', 'overload');
+    for (const job of this.queues.line.splice(0)) job.reject(stopped());
+    for (const job of this.queues.api.splice(0)) job.reject(stopped());
+    for (const slot of this.slots) {
+      slot.job?.reject(stopped());
+      slot.job = undefined;
+    }
+    await this.terminateAll();
+  }
+
+  async inspect(frame: Frame, opts: { priority?: Priority } = {}): Promise<InferenceResult> {
+    if (this.state !== 'running') throw new InferenceError(`inference pool is not running (${this.state})`, 'overload');
+    const manifest = this.manifest();
+    const priority = opts.priority ?? 'line';
+
+    const t0 = process.hrtime.bigint();
+    const prepared = await prepareInput(frame, manifest.input);
+    const preMs = msSince(t0);
+    if (this.state !== 'running') throw new InferenceError('inference pool stopped', 'overload');
+
+    return new Promise<InferenceResult>((resolve, reject) => {
+      const job: Job = { id: this.nextId++, priority, ...prepared, preMs, queuedAt: process.hrtime.bigint(), resolve, reject };
+      const idle = this.slots.find((s) => s.state === 'idle');
+      if (idle) return this.dispatch(idle, job);
+      if (!this.makeRoom(priority)) {
+        const waiting = this.queues.line.length + this.queues.api.length;
+        return reject(new InferenceError(`inference queue full (${waiting} waiting, limit ${this.opts.queueLimit})`, 'overload'));
+      }
+      this.queues[priority].push(job);
+    });
+  }
+
+  info(): InspectorInfo {
+    if (!this.model || !this.bundle) throw new Error('inference pool not started');
+    return {
+      model: this.model,
+      manifest: this.bundle.manifest,
+      provider: this.provider,
+      workers: this.slots.filter((s) => s.state === 'idle' || s.state === 'busy').length,
+      queued: this.queues.line.length + this.queues.api.length,
+      inFlight: this.slots.filter((s) => s.state === 'busy').length,
+    };
+  }
+
+  /** Test hook: the worker that gets the next request dies on it ('throw': uncaught error; 'exit': process.exit). */
+  crashNextForTest(how: 'throw' | 'exit'): void {
+    for (const slot of this.slots) slot.worker?.postMessage({ type: 'crash-next', how } satisfies ToWorker);
+  }
+
+  // ---- internals -------------------------------------------------------------------------------
+
+  private manifest(): ModelManifest {
+    return this.bundle!.manifest;
+  }
+
+  /** Providers from the active one on: a restarted worker can still fall back further. */
+  private providersFromActive(): string[] {
+    const i = this.opts.providers.indexOf(this.provider);
+    return i >= 0 ? this.opts.providers.slice(i) : this.opts.providers;
+  }
+
+  /** Room for one more waiting job? A line job may push out the newest waiting API job. */
+  private makeRoom(priority: Priority): boolean {
+    const waiting = this.queues.line.length + this.queues.api.length;
+    if (waiting < this.opts.queueLimit) return true;
+    if (priority === 'line' && this.queues.api.length > 0) {
+      const evicted = this.queues.api.pop()!;
+      evicted.reject(new InferenceError('inference queue full: API request made way for a line part', 'overload'));
+      return true;
+    }
+    return false;
+  }
+
+  private newSlot(): Slot {
+    const slot: Slot = { index: this.slots.length, state: 'dead', failures: 0 };
+    this.slots.push(slot);
+    return slot;
+  }
+
+  /** Spawns the slot's worker and resolves when its session is loaded, checked and warmed up. */
+  private startSlot(slot: Slot, providers: string[]): Promise<{ provider: string; failed: ProviderFailure[]; warmupMs: number }> {
+    const bundle = this.bundle!;
+    const worker = spawnWorker({
+      model: bundle.bytes,
+      manifest: bundle.manifest,
+      providers,
+      intraOpThreads: this.opts.intraOpThreads,
+    });
+    slot.worker = worker;
+    slot.state = 'starting';
+
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      let exitError: string | undefined;
+      worker.on('message', (msg: FromWorker) => {
+        switch (msg.type) {
+          case 'ready':
+            settled = true;
+            slot.state = 'idle';
+            resolve(msg);
+            this.pump();
+            break;
+          case 'init-error':
+            // The model itself is refused: its exit (below) counts as a failure for the backoff.
+            settled = true;
+            slot.state = 'dead';
+            reject(new ModelLoadError(msg.message));
+            void worker.terminate();
+            break;
+          case 'result':
+          case 'error':
+            this.finish(slot, msg);
+            break;
+        }
+      });
+      worker.on('error', (err) => {
+        exitError = errMessage(err);
+      });
+      worker.on('exit', (code) => {
+        const why = exitError ?? `exited with code ${code}`;
+        if (!settled) {
+          settled = true;
+          reject(new ModelLoadError(`inference worker stopped while loading the model: ${why}`));
+        }
+        // Terminated on purpose (stop, or replaced): nothing more to do.
+        if (slot.worker !== worker) return;
+        slot.worker = undefined;
+        slot.state = 'dead';
+        this.onWorkerDeath(slot, why);
+      });
+    });
+  }
+
+  private dispatch(slot: Slot, job: Job): void {
+    slot.state = 'busy';
+    slot.job = job;
+    job.queueMs = msSince(job.queuedAt);
+    const msg: ToWorker = { type: 'run', id: job.id, pixels: job.pixels, channels: job.channels, geometry: job.geometry };
+    // Transfer, not copy: the pixel buffer moves to the worker.
+    slot.worker!.postMessage(msg, [job.pixels.buffer as ArrayBuffer]);
+  }
+
+  /** Hands waiting jobs to idle workers, line parts first. */
+  private pump(): void {
+    for (const slot of this.slots) {
+      if (slot.state !== 'idle') continue;
+      const job = this.queues.line.shift() ?? this.queues.api.shift();
+      if (!job) return;
+      this.dispatch(slot, job);
+    }
+  }
+
+  private finish(slot: Slot, msg: Extract<FromWorker, { type: 'result' | 'error' }>): void {
+    const job = slot.job;
+    slot.job = undefined;
+    if (slot.state === 'busy') slot.state = 'idle';
+    if (job && job.id === msg.id) {
+      if (msg.type === 'result') {
+        slot.failures = 0;
+        job.resolve({
+          verdict: msg.verdict,
+          model: this.model!,
+          provider: this.provider,
+          timings: { preprocessMs: job.preMs + msg.preMs, inferMs: msg.inferMs, postprocessMs: msg.postMs, queueMs: job.queueMs ?? 0 },
+        });
+      } else {
+        job.reject(new InferenceError(msg.message, 'model_error'));
+      }
+    }
+    this.pump();
+  }
+
+  private onWorkerDeath(slot: Slot, why: string): void {
+    const job = slot.job;
+    slot.job = undefined;
+    if (this.state === 'stopped') return;
+    job?.reject(new InferenceError(`inference worker ${slot.index} died: ${why}`, 'worker_crash'));
+    if (this.state !== 'running') return;
+
+    const delay = Math.min(RESTART_MAX_MS, RESTART_MIN_MS * 2 ** slot.failures);
+    slot.failures++;
+    this.opts.log.error('inference worker died; restarting', { worker: slot.index, error: why, inFlight: job !== undefined, restartInMs: delay });
+    slot.restartTimer = setTimeout(() => {
+      slot.restartTimer = undefined;
+      if (this.state !== 'running') return;
+      this.startSlot(slot, this.providersFromActive()).then(
+        () => this.opts.log.info('inference worker restarted', { worker: slot.index }),
+        (err: unknown) => {
+          // A worker that fails to load (init-error) is terminated, and its exit retries with more backoff.
+          this.opts.log.error('inference worker restart failed', { worker: slot.index, error: errMessage(err) });
+        },
+      );
+    }, delay);
+  }
+
+  private async terminateAll(): Promise<void> {
+    const workers: Worker[] = [];
+    for (const slot of this.slots) {
+      if (slot.restartTimer) clearTimeout(slot.restartTimer);
+      slot.restartTimer = undefined;
+      if (slot.worker) workers.push(slot.worker);
+      slot.worker = undefined;
+      slot.state = 'dead';
+    }
+    await Promise.all(workers.map((w) => w.terminate()));
+  }
+}

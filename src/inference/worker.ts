@@ -1,0 +1,153 @@
+// The inference worker thread. onnxruntime-node's session.run blocks the thread it runs on, so
+// every session lives here and the main thread (GPIO timing, MQTT keepalive, HTTP) never waits
+// on it. One worker = one session = one request at a time; the pool (pool.ts) does the queueing.
+//
+// Protocol: the worker starts from workerData (model bytes, manifest, providers), answers 'ready'
+// or 'init-error', then serves 'run' requests with 'result' or 'error'.
+import { parentPort, workerData } from 'node:worker_threads';
+import { env, InferenceSession, Tensor } from 'onnxruntime-node';
+import { checkModelIO } from './manifest.js';
+import { toTensor } from './preprocess.js';
+import { applyHead, type Geometry, type OutputTensor } from './heads.js';
+import type { ModelManifest } from './types.js';
+import type { Verdict } from '../part.js';
+
+export interface WorkerInit {
+  model: Uint8Array;
+  manifest: ModelManifest;
+  /** Execution providers in order of preference. */
+  providers: string[];
+  /** 0 = onnxruntime's default. */
+  intraOpThreads: number;
+}
+
+export type ToWorker =
+  | { type: 'run'; id: number; pixels: Uint8Array; channels: 1 | 3; geometry: Geometry }
+  /** Test hook: die on the next 'run', by an uncaught exception or process.exit. */
+  | { type: 'crash-next'; how: 'throw' | 'exit' };
+
+export interface ProviderFailure {
+  provider: string;
+  error: string;
+}
+
+export type FromWorker =
+  | { type: 'ready'; provider: string; failed: ProviderFailure[]; warmupMs: number }
+  | { type: 'init-error'; message: string; failed: ProviderFailure[] }
+  | { type: 'result'; id: number; verdict: Verdict; preMs: number; inferMs: number; postMs: number }
+  | { type: 'error'; id: number; message: string };
+
+// Errors reach the pool as messages and its logger; onnxruntime's own stderr lines would break
+// the one-JSON-object-per-line log stream.
+env.logLevel = 'fatal';
+
+const port = parentPort;
+if (!port) throw new Error('inference worker: must run in a worker thread');
+const send = (msg: FromWorker): void => port.postMessage(msg);
+const ms = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e6;
+const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+
+const init = workerData as WorkerInit;
+const { manifest } = init;
+let crashNext: 'throw' | 'exit' | undefined;
+
+/** Tries each provider alone, in order: the first that creates a session wins. */
+async function createSession(): Promise<{ session: InferenceSession; provider: string; failed: ProviderFailure[] }> {
+  const failed: ProviderFailure[] = [];
+  for (const provider of init.providers) {
+    try {
+      const session = await InferenceSession.create(init.model, {
+        executionProviders: [provider],
+        graphOptimizationLevel: 'all',
+        ...(init.intraOpThreads > 0 ? { intraOpNumThreads: init.intraOpThreads } : {}),
+      });
+      return { session, provider, failed };
+    } catch (err) {
+      failed.push({ provider, error: message(err).split('\n')[0]! });
+    }
+  }
+  const tried = failed.map((f) => `${f.provider}: ${f.error}`).join('; ');
+  throw Object.assign(new Error(`no execution provider could load the model (${tried})`), { failed });
+}
+
+/** One inference: tensor conversion, session.run, head. Throws with a message for the pool. */
+async function infer(
+  session: InferenceSession,
+  pixels: Uint8Array,
+  channels: 1 | 3,
+  geometry: Geometry,
+): Promise<{ verdict: Verdict; preMs: number; inferMs: number; postMs: number }> {
+  let t = process.hrtime.bigint();
+  const input = toTensor(pixels, channels, manifest.input);
+  const feeds = { [manifest.input.name]: new Tensor(manifest.input.dtype, input.data, input.dims) };
+  const preMs = ms(t);
+
+  t = process.hrtime.bigint();
+  let raw: InferenceSession.ReturnType;
+  try {
+    raw = await session.run(feeds);
+  } catch (err) {
+    throw new Error(`model run failed: ${message(err)}`);
+  }
+  const inferMs = ms(t);
+
+  t = process.hrtime.bigint();
+  const outputs: Record<string, OutputTensor> = {};
+  for (const [name, value] of Object.entries(raw)) {
+    const data = value.data;
+    // Heads read float32; float64 outputs are narrowed, others (int labels etc.) are not for heads.
+    if (data instanceof Float32Array) outputs[name] = { dims: [...value.dims], data };
+    else if (data instanceof Float64Array) outputs[name] = { dims: [...value.dims], data: Float32Array.from(data) };
+  }
+  let verdict: Verdict;
+  try {
+    verdict = applyHead(manifest.head, manifest.threshold, outputs, geometry);
+  } catch (err) {
+    throw new Error(`head (${manifest.head.type}): ${message(err)}`);
+  }
+  return { verdict, preMs, inferMs, postMs: ms(t) };
+}
+
+async function main(): Promise<void> {
+  let session: InferenceSession;
+  let provider: string;
+  let failed: ProviderFailure[] = [];
+  try {
+    ({ session, provider, failed } = await createSession());
+    checkModelIO(manifest, session);
+  } catch (err) {
+    send({ type: 'init-error', message: message(err), failed: (err as { failed?: ProviderFailure[] }).failed ?? failed });
+    return;
+  }
+
+  // Warm-up: the first run allocates and optimises; do it now, not on the first part. A mid-grey
+  // input through the head also proves the head can read this model's outputs.
+  const t0 = process.hrtime.bigint();
+  const { width, height } = manifest.input;
+  const grey = new Uint8Array(width * height).fill(128);
+  const geometry: Geometry = { frameWidth: width, frameHeight: height, inputWidth: width, inputHeight: height, resize: manifest.input.resize ?? 'stretch' };
+  try {
+    await infer(session, grey, 1, geometry);
+  } catch (err) {
+    send({ type: 'init-error', message: `warm-up failed: ${message(err)}`, failed });
+    return;
+  }
+  send({ type: 'ready', provider, failed, warmupMs: ms(t0) });
+
+  port!.on('message', (msg: ToWorker) => {
+    if (msg.type === 'crash-next') {
+      crashNext = msg.how;
+      return;
+    }
+    if (crashNext) {
+      if (crashNext === 'exit') process.exit(3);
+      throw new Error('inference worker: crash requested by test hook');
+    }
+    infer(session, msg.pixels, msg.channels, msg.geometry).then(
+      (r) => send({ type: 'result', id: msg.id, ...r }),
+      (err: unknown) => send({ type: 'error', id: msg.id, message: message(err) }),
+    );
+  });
+}
+
+void main();

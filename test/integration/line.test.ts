@@ -1,0 +1,205 @@
+// The whole loop with real parts: the synthetic camera, the bundled ONNX model in worker threads,
+// the sim GPIO binding, and a real MQTT broker (Mosquitto when installed, else in-process).
+import { test, after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import mqtt from 'mqtt';
+import sharp from 'sharp';
+import { Agent } from '../../src/agent.js';
+import { SystemClock, msToNs, nsToMs } from '../../src/clock.js';
+import { parseConfig } from '../../src/config/load.js';
+import { SimGpio } from '../../src/gpio/sim.js';
+import { renderFilmFrame } from '../../src/camera/synthetic.js';
+import { memoryLogger } from '../../src/log.js';
+import type { Part } from '../../src/part.js';
+import { startTestBroker } from '../helpers/broker.js';
+
+type Broker = Awaited<ReturnType<typeof startTestBroker>>;
+let broker: Broker;
+
+before(async () => {
+  broker = await startTestBroker();
+});
+after(async () => {
+  await broker.stop();
+});
+
+interface Collected {
+  messages: Map<string, Record<string, unknown>>;
+  status: Record<string, unknown>[];
+  client: mqtt.MqttClient;
+}
+
+async function subscribe(prefix: string): Promise<Collected> {
+  const client = await mqtt.connectAsync(broker.url, { clientId: `t-${process.pid}-${Date.now()}` });
+  const c: Collected = { messages: new Map(), status: [], client };
+  client.on('message', (topic, payload) => {
+    const msg = JSON.parse(payload.toString()) as Record<string, unknown>;
+    if (topic === `${prefix}inspection`) c.messages.set(msg.partId as string, msg);
+    if (topic === `${prefix}status`) c.status.push(msg);
+  });
+  await client.subscribeAsync(`${prefix}#`, { qos: 1 });
+  return c;
+}
+
+async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function rig(overrides: Record<string, unknown>) {
+  const stateDir = mkdtempSync(join(tmpdir(), 'ls-line-'));
+  const station = `st${process.pid}${Math.floor(Math.random() * 1e6)}`;
+  const cfg = parseConfig({
+    station: { line: 'it', id: station, stateDir },
+    model: { path: 'models/film-demo' },
+    line: { travelMs: 400, pulseMs: 30, marginMs: 50, maxInFlight: 32 },
+    gpio: { backend: 'sim' },
+    mqtt: { url: broker.url },
+    http: { enabled: false },
+    ...overrides,
+  });
+  const clock = new SystemClock();
+  const gpio = new SimGpio({ clock });
+  const log = memoryLogger();
+  const agent = new Agent(cfg, { log, clock, gpio });
+  const decided: Part[] = [];
+  agent.bus.on('decided', (p) => decided.push(p));
+  return { cfg, agent, gpio, decided, prefix: `linesight/it/${station}/`, log };
+}
+
+const DIVERT = { chip: 'sim0', line: 1 };
+
+/** Every diverted part has a pulse starting at its gate time; no pulse starts near a passed part's gate. */
+function checkPulses(gpio: SimGpio, parts: Part[], toleranceMs: number): void {
+  const rises = gpio.history(DIVERT).filter((h) => h.value === 1).map((h) => h.timeNs);
+  const diverted = parts.filter((p) => p.action === 'divert');
+  for (const p of diverted) {
+    const gate = p.t.gateNs!;
+    const hit = rises.find((t) => t >= gate - msToNs(1) && t <= gate + msToNs(toleranceMs));
+    // Merged pulses: an earlier pulse still holding the gate open also diverts this part.
+    const held = gpio.history(DIVERT).some((h, i, all) => h.value === 1 && h.timeNs <= gate && (all[i + 1]?.timeNs ?? gate + 1n) > gate);
+    assert.ok(hit !== undefined || held, `no divert pulse at ${p.id}'s gate time (reason ${p.reason ?? p.verdict?.verdict})`);
+  }
+  for (const p of parts.filter((x) => x.action === 'pass')) {
+    const gate = p.t.gateNs!;
+    const near = rises.find((t) => t >= gate - msToNs(1) && t <= gate + msToNs(toleranceMs));
+    const other = diverted.find((d) => d.t.gateNs! <= gate + msToNs(toleranceMs) && d.t.gateNs! >= gate - msToNs(toleranceMs));
+    assert.ok(near === undefined || other !== undefined, `a divert pulse started at passed part ${p.id}'s gate`);
+  }
+}
+
+test('free-run demo line: every part is published with its verdict, rejects and fail-safes pulse the diverter', async () => {
+  const r = rig({ camera: { source: 'synthetic', synthetic: { fps: 8, defectRate: 0.5, seed: 7 } }, trigger: { mode: 'freerun' } });
+  const sub = await subscribe(r.prefix);
+  try {
+    await r.agent.start();
+    await until(() => r.decided.length >= 24, 30_000, '24 parts');
+    await r.agent.stop();
+    await until(() => r.decided.every((p) => sub.messages.has(p.id)), 10_000, 'all inspections over MQTT');
+
+    const parts = r.decided;
+    assert.ok(parts.some((p) => p.verdict?.verdict === 'reject'), 'some parts rejected');
+    assert.ok(parts.some((p) => p.verdict?.verdict === 'pass'), 'some parts passed');
+    for (const p of parts) {
+      const m = sub.messages.get(p.id)!;
+      assert.equal(m.action, p.action, `action of ${p.id}`);
+      assert.equal(m.failSafe, p.failSafe);
+      assert.equal(m.verdict, p.failSafe && !p.verdict ? null : p.verdict?.verdict ?? null);
+      assert.equal((m.model as { name: string }).name, 'film-demo');
+      assert.equal(m.provider, 'cpu');
+      // A part is never passed without a verdict.
+      if (p.action === 'pass') assert.equal(p.verdict?.verdict, 'pass');
+      if (p.verdict?.verdict === 'reject') assert.equal(p.action, 'divert');
+    }
+    assert.equal(new Set(parts.map((p) => p.id)).size, parts.length, 'part ids unique');
+    checkPulses(r.gpio, parts, 25);
+    const states = sub.status.map((s) => s.state);
+    assert.ok(states.includes('online'), `status online seen (${states.join(',')})`);
+    assert.equal(states.at(-1), 'offline');
+    // Ground truth from the synthetic film: the bundled model must be useful on it.
+    const judged = parts.filter((p) => p.verdict && p.frame?.truth);
+    const correct = judged.filter((p) => p.verdict!.verdict === p.frame!.truth!.verdict).length;
+    assert.ok(correct / judged.length >= 0.7, `accuracy ${correct}/${judged.length}`);
+    // The ready output was high while running and is low after stop.
+    assert.equal(r.gpio.level({ chip: 'sim0', line: 2 }), 0);
+    assert.ok(r.gpio.history({ chip: 'sim0', line: 2 }).some((h) => h.value === 1));
+  } finally {
+    await r.agent.stop();
+    await sub.client.endAsync();
+  }
+});
+
+test('replay folder with a corrupt image: that part is diverted bad_frame and the loop goes on', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ls-replay-'));
+  mkdirSync(join(dir, 'good'));
+  for (let i = 0; i < 4; i++) {
+    const f = renderFilmFrame({ width: 320, height: 240, seed: 3, defectRate: 0 }, i);
+    await sharp(Buffer.from(f.data), { raw: { width: f.width, height: f.height, channels: 3 } }).png().toFile(join(dir, 'good', `${i}.png`));
+  }
+  writeFileSync(join(dir, 'good', '2b-corrupt.jpg'), Buffer.from('this is not a jpeg at all'));
+  const r = rig({
+    camera: { source: 'replay', replay: { dir, loop: false, order: 'sorted' } },
+    trigger: { mode: 'interval', intervalMs: 120 },
+  });
+  const sub = await subscribe(r.prefix);
+  try {
+    await r.agent.start();
+    await until(() => r.decided.length >= 5, 20_000, '5 parts');
+    await r.agent.stop();
+    await until(() => r.decided.slice(0, 5).every((p) => sub.messages.has(p.id)), 10_000, 'inspections over MQTT');
+    const first5 = r.decided.slice(0, 5);
+    const bad = first5.filter((p) => p.reason === 'bad_frame');
+    assert.equal(bad.length, 1, first5.map((p) => `${p.id}:${p.action}:${p.reason ?? p.verdict?.verdict}`).join(' '));
+    assert.match(bad[0]!.detail!, /2b-corrupt\.jpg/);
+    assert.equal(bad[0]!.action, 'divert');
+    const msg = sub.messages.get(bad[0]!.id)!;
+    assert.equal(msg.failSafe, true);
+    assert.equal(msg.reason, 'bad_frame');
+    // The parts after the corrupt one got real verdicts.
+    assert.ok(first5.filter((p) => !p.failSafe).length === 4);
+    checkPulses(r.gpio, first5, 25);
+  } finally {
+    await r.agent.stop();
+    await sub.client.endAsync();
+  }
+});
+
+test('cmd/trigger over MQTT makes a part and replies with its id', async () => {
+  const r = rig({ trigger: { mode: 'command' } });
+  const sub = await subscribe(r.prefix);
+  try {
+    await r.agent.start();
+    const replies: Record<string, unknown>[] = [];
+    sub.client.on('message', (topic, payload) => {
+      if (topic.startsWith(`${r.prefix}reply/`)) replies.push(JSON.parse(payload.toString()));
+    });
+    await sub.client.publishAsync(`${r.prefix}cmd/trigger`, JSON.stringify({ requestId: 'r1' }), { qos: 1 });
+    await until(() => replies.length > 0 && r.decided.length > 0, 10_000, 'reply and part');
+    assert.equal(replies[0]!.ok, true);
+    const partId = (replies[0]!.result as { partId: string }).partId;
+    assert.equal(partId, r.decided[0]!.id);
+    assert.equal(r.decided[0]!.trigger, 'command');
+    await until(() => sub.messages.has(partId), 10_000, 'inspection of the commanded part');
+  } finally {
+    await r.agent.stop();
+    await sub.client.endAsync();
+  }
+});
+
+test('a model whose inputs disagree with its manifest is refused at start with a message naming it', async () => {
+  const { readFileSync, copyFileSync } = await import('node:fs');
+  const dir = mkdtempSync(join(tmpdir(), 'ls-badmodel-'));
+  copyFileSync('models/film-demo/model.onnx', join(dir, 'model.onnx'));
+  const manifest = JSON.parse(readFileSync('models/film-demo/model.json', 'utf8'));
+  manifest.input.width = manifest.input.width * 2;
+  writeFileSync(join(dir, 'model.json'), JSON.stringify(manifest));
+  const r = rig({ model: { path: dir } });
+  await assert.rejects(r.agent.start(), (err: Error) => /width|expects|mismatch/i.test(err.message) && err.message.includes(String(manifest.input.width)));
+  void nsToMs;
+});

@@ -1,0 +1,228 @@
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import sharp from 'sharp';
+import { memoryLogger } from '../../src/log.js';
+import { allocate, DatasetError, scanDataset, splitSamples } from '../../src/train/dataset.js';
+import { loadTrainConfig, parseTrainConfig, TrainConfigError } from '../../src/train/config.js';
+import type { Sample } from '../../src/train/types.js';
+
+let root: string;
+
+async function png(file: string, value: number, w = 8, h = 8): Promise<void> {
+  await mkdir(path.dirname(file), { recursive: true });
+  await sharp(Buffer.alloc(w * h, value), { raw: { width: w, height: h, channels: 1 } }).png().toFile(file);
+}
+
+/** A dataset folder from a list of relative file names (each a small PNG). */
+async function dataset(name: string, files: string[]): Promise<string> {
+  const dir = path.join(root, name);
+  for (const [i, f] of files.entries()) await png(path.join(dir, f), 10 + i);
+  return dir;
+}
+
+before(async () => {
+  root = await mkdtemp(path.join(tmpdir(), 'linesight-dataset-'));
+});
+after(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+describe('scanDataset', () => {
+  it('lists every image with label, sha256 and its mask', async () => {
+    const dir = await dataset('ok', ['good/a.png', 'good/b.png', 'scratch/s1.png', 'scratch/s2.png', 'masks/scratch/s1.png']);
+    await writeFile(path.join(dir, 'README.md'), 'not an image, ignored');
+    const { samples, manifest } = await scanDataset(dir);
+    assert.deepEqual(
+      samples.map((s) => [path.relative(dir, s.file), s.label, s.isGood, s.mask && path.relative(dir, s.mask)]),
+      [
+        ['good/a.png', 'good', true, undefined],
+        ['good/b.png', 'good', true, undefined],
+        ['scratch/s1.png', 'scratch', false, 'masks/scratch/s1.png'],
+        ['scratch/s2.png', 'scratch', false, undefined],
+      ],
+    );
+    for (const s of samples) assert.equal(s.sha256, createHash('sha256').update(await readFile(s.file)).digest('hex'));
+    assert.deepEqual(manifest.classes, [
+      { label: 'good', isGood: true, images: 2, masks: 0 },
+      { label: 'scratch', isGood: false, images: 2, masks: 1 },
+    ]);
+    assert.deepEqual(manifest.entries[0]!.width, 8);
+    assert.match(manifest.sha256, /^[0-9a-f]{64}$/);
+  });
+
+  it('gives the same manifest hash wherever the folder is, and another when a file changes', async () => {
+    const dir = await dataset('moved', ['good/a.png', 'good/b.png', 'dust/d.png']);
+    const copy = path.join(root, 'elsewhere', 'moved-copy');
+    await cp(dir, copy, { recursive: true });
+    const a = await scanDataset(dir);
+    const b = await scanDataset(copy);
+    assert.equal(a.manifest.sha256, b.manifest.sha256);
+    await png(path.join(copy, 'good', 'a.png'), 200);
+    assert.notEqual((await scanDataset(copy)).manifest.sha256, a.manifest.sha256);
+  });
+
+  it('skips an unreadable image, reporting it by name', async () => {
+    const dir = await dataset('broken', ['good/a.png', 'good/b.png', 'crack/c.png']);
+    await writeFile(path.join(dir, 'good', 'broken.png'), 'this is not a PNG');
+    const log = memoryLogger();
+    const { samples, manifest } = await scanDataset(dir, { log });
+    assert.deepEqual(
+      samples.map((s) => path.relative(dir, s.file)),
+      ['crack/c.png', 'good/a.png', 'good/b.png'],
+    );
+    assert.equal(manifest.skipped.length, 1);
+    assert.equal(manifest.skipped[0]!.file, 'good/broken.png');
+    const warn = log.records.find((r) => r.level === 'warn');
+    assert.ok(warn, 'a warning is logged');
+    assert.equal(warn.file, path.join(dir, 'good', 'broken.png'));
+  });
+
+  it('also catches a truncated image (decoded, not just its header read)', async () => {
+    const dir = await dataset('truncated', ['good/a.png', 'good/b.png']);
+    const big = await sharp({ create: { width: 64, height: 64, channels: 3, noise: { type: 'gaussian', mean: 128, sigma: 40 } } }).png().toBuffer();
+    await writeFile(path.join(dir, 'good', 'cut.png'), big.subarray(0, Math.floor(big.length / 2)));
+    const { manifest } = await scanDataset(dir);
+    assert.deepEqual(
+      manifest.skipped.map((s) => s.file),
+      ['good/cut.png'],
+    );
+  });
+
+  const rejects = async (dir: string, pattern: RegExp, mentions: string): Promise<void> => {
+    await assert.rejects(scanDataset(dir), (err: Error) => {
+      assert.ok(err instanceof DatasetError, `DatasetError expected, got ${err.name}`);
+      assert.match(err.message, pattern);
+      assert.ok(err.message.includes(mentions), `message names ${mentions}: ${err.message}`);
+      assert.match(err.message, /Fix:/);
+      return true;
+    });
+  };
+
+  it('stops on an empty class folder, naming it', async () => {
+    const dir = await dataset('empty-class', ['good/a.png']);
+    await mkdir(path.join(dir, 'scratch'));
+    await writeFile(path.join(dir, 'scratch', 'notes.txt'), 'no images here');
+    await rejects(dir, /empty class folder/, path.join(dir, 'scratch'));
+  });
+
+  it('stops on a class whose images are all unreadable', async () => {
+    const dir = await dataset('all-broken', ['good/a.png']);
+    await mkdir(path.join(dir, 'dust'));
+    await writeFile(path.join(dir, 'dust', 'x.png'), 'junk');
+    await rejects(dir, /empty class folder/, path.join(dir, 'dust'));
+  });
+
+  it('stops on a mask without an image, naming the mask', async () => {
+    const dir = await dataset('orphan-mask', ['good/a.png', 'scratch/s1.png', 'masks/scratch/s1.png', 'masks/scratch/ghost.png']);
+    await rejects(dir, /mask without an image/, path.join(dir, 'masks', 'scratch', 'ghost.png'));
+  });
+
+  it('stops on a mask for a class that has no folder', async () => {
+    const dir = await dataset('orphan-class-mask', ['good/a.png', 'masks/crack/c1.png']);
+    await rejects(dir, /mask without an image/, path.join(dir, 'masks', 'crack', 'c1.png'));
+  });
+
+  it('stops when there are no good images (no folder, or an empty one)', async () => {
+    const none = await dataset('no-good', ['scratch/s1.png']);
+    await rejects(none, /no good images/, path.join(none, 'good'));
+    const empty = await dataset('empty-good', ['scratch/s1.png']);
+    await mkdir(path.join(empty, 'good'));
+    await rejects(empty, /no good images/, path.join(empty, 'good'));
+  });
+
+  it('stops on a missing dataset folder', async () => {
+    await rejects(path.join(root, 'does-not-exist'), /cannot read the dataset folder/, 'does-not-exist');
+  });
+});
+
+describe('split', () => {
+  const make = (label: string, n: number): Sample[] =>
+    Array.from({ length: n }, (_, i) => ({ file: `/d/${label}/${String(i).padStart(3, '0')}.png`, label, isGood: label === 'good', sha256: `${label}${i}` }));
+  const samples = [...make('good', 50), ...make('scratch', 20), ...make('dust', 7)];
+  const fr = { train: 0.6, val: 0.2, test: 0.2 };
+  const count = (xs: Sample[], label: string): number => xs.filter((s) => s.label === label).length;
+
+  it('allocates by largest remainder, giving a positive share at least one', () => {
+    assert.deepEqual(allocate(10, [0.6, 0.2, 0.2]), [6, 2, 2]);
+    assert.deepEqual(allocate(7, [0.6, 0.2, 0.2]), [4, 2, 1]);
+    assert.deepEqual(allocate(3, [0.8, 0.1, 0.1]), [1, 1, 1]);
+    assert.deepEqual(allocate(5, [0, 0.5, 0.5]), [0, 3, 2]);
+    assert.deepEqual(allocate(0, [0.6, 0.2, 0.2]), [0, 0, 0]);
+  });
+
+  it('is stratified: each class is split by the fractions', () => {
+    const s = splitSamples(samples, fr, 1);
+    assert.deepEqual([count(s.train, 'good'), count(s.val, 'good'), count(s.test, 'good')], [30, 10, 10]);
+    assert.deepEqual([count(s.train, 'scratch'), count(s.val, 'scratch'), count(s.test, 'scratch')], [12, 4, 4]);
+    assert.deepEqual([count(s.train, 'dust'), count(s.val, 'dust'), count(s.test, 'dust')], [4, 2, 1]);
+    const all = [...s.train, ...s.val, ...s.test].map((x) => x.file).sort();
+    assert.deepEqual(all, samples.map((x) => x.file).sort(), 'every sample exactly once');
+  });
+
+  it('is deterministic for a seed, whatever the input order, and changes with the seed', () => {
+    const a = splitSamples(samples, fr, 7);
+    const b = splitSamples([...samples].reverse(), fr, 7);
+    assert.deepEqual(a, b);
+    const c = splitSamples(samples, fr, 8);
+    assert.notDeepEqual(
+      a.test.map((x) => x.file),
+      c.test.map((x) => x.file),
+    );
+  });
+
+  it('in anomaly mode sends no defect to training (they go to val and test)', () => {
+    const s = splitSamples(samples, fr, 1, 'anomaly');
+    assert.equal(s.train.filter((x) => !x.isGood).length, 0);
+    assert.equal(count(s.train, 'good'), 30);
+    assert.deepEqual([count(s.val, 'scratch'), count(s.test, 'scratch')], [10, 10]);
+    assert.equal(count(s.val, 'dust') + count(s.test, 'dust'), 7);
+  });
+});
+
+describe('training config', () => {
+  it('fills defaults', () => {
+    const c = parseTrainConfig({ dataset: { dir: 'data' }, method: 'm', output: { name: 'x' } });
+    assert.equal(c.mode, 'anomaly');
+    assert.equal(c.targetFrr, 0.01);
+    assert.equal(c.seed, 1);
+    assert.deepEqual(c.split, { train: 0.6, val: 0.2, test: 0.2 });
+    assert.deepEqual(c.params, {});
+    assert.equal(c.output.version, '1.0.0');
+    assert.equal(c.dataset.source, 'folder');
+    assert.equal(c.dataset.synthetic.frames, 600);
+  });
+
+  it('reports errors as path: message', () => {
+    assert.throws(
+      () => parseTrainConfig({ dataset: { dir: 'd' }, method: 'm', output: { name: 'bad name', version: 'v1' }, targetFrr: 2, extra: 1 }),
+      (err: TrainConfigError) => {
+        assert.ok(err instanceof TrainConfigError);
+        assert.ok(err.errors.some((e) => e.startsWith('targetFrr: ')), err.message);
+        assert.ok(err.errors.some((e) => e.startsWith('output.name: ')), err.message);
+        assert.ok(err.errors.some((e) => e.startsWith('output.version: ')), err.message);
+        assert.ok(err.errors.includes('extra: Unexpected property'), err.message);
+        return true;
+      },
+    );
+    assert.throws(() => parseTrainConfig({ dataset: { dir: 'd' }, output: { name: 'x' } }), /method: /);
+    assert.throws(() => parseTrainConfig({ dataset: { dir: 'd' }, method: 'm', output: { name: 'x' }, split: { train: 0.5, val: 0.2, test: 0.2 } }), /split: train \+ val \+ test must be 1/);
+    assert.throws(() => parseTrainConfig({ method: 'm', output: { name: 'x' } }), /dataset\.dir: required/);
+  });
+
+  it('resolves paths relative to the config file', async () => {
+    const dir = path.join(root, 'cfg', 'train');
+    await mkdir(dir, { recursive: true });
+    const file = path.join(dir, 't.yaml');
+    await writeFile(file, 'dataset:\n  dir: ../../data/tiles\nmethod: m\noutput:\n  name: tiles\n');
+    const rc = await loadTrainConfig(file);
+    assert.equal(rc.datasetDir, path.join(root, 'data', 'tiles'));
+    assert.equal(rc.outputDir, path.join(root, 'cfg', 'models', 'tiles'));
+    assert.equal(rc.runDir, path.join(root, 'cfg', 'runs'));
+    await writeFile(file, 'method: [unclosed');
+    await assert.rejects(loadTrainConfig(file), /not valid YAML/);
+  });
+});
