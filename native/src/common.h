@@ -134,9 +134,12 @@ class PromiseWorker : public Napi::AsyncWorker {
  public:
   using Work = std::function<SysError()>;
   using Done = std::function<Napi::Value(Napi::Env)>;
+  using Fail = std::function<void(Napi::Env)>;
 
-  static Napi::Promise Run(Napi::Env env, const char* name, Work work, Done done) {
+  /** `fail` (optional) runs on the JS thread before the promise is rejected, to undo partial work. */
+  static Napi::Promise Run(Napi::Env env, const char* name, Work work, Done done, Fail fail = nullptr) {
     auto* w = new PromiseWorker(env, name, std::move(work), std::move(done));
+    w->fail_ = std::move(fail);
     Napi::Promise p = w->deferred_.Promise();
     w->Queue();
     return p;
@@ -147,16 +150,21 @@ class PromiseWorker : public Napi::AsyncWorker {
   void OnOK() override {
     Napi::Env env = Env();
     if (err_.failed()) {
+      if (fail_) fail_(env);
       deferred_.Reject(err_.ToJs(env).Value());
       return;
     }
     try {
       deferred_.Resolve(done_(env));
     } catch (const Napi::Error& e) {
+      if (fail_) fail_(env);
       deferred_.Reject(e.Value());
     }
   }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+  void OnError(const Napi::Error& e) override {
+    if (fail_) fail_(Env());
+    deferred_.Reject(e.Value());
+  }
 
  private:
   PromiseWorker(Napi::Env env, const char* name, Work work, Done done)
@@ -165,6 +173,7 @@ class PromiseWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   Work work_;
   Done done_;
+  Fail fail_;
   SysError err_;
 };
 
@@ -202,6 +211,7 @@ inline bool GetBool(const Napi::Object& o, const char* key, bool def) {
 struct AddonData {
   Napi::FunctionReference gpioLine;
   Napi::FunctionReference v4l2Device;
+  Napi::FunctionReference pulseTimer;
 };
 inline AddonData* Data(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
 

@@ -164,7 +164,7 @@ struct Window {
 
 struct PulseEdge {
   int level;
-  int64_t atNs;        // when the ioctl returned
+  int64_t atNs;        // when the level was driven (after the ioctl returned)
   int64_t deadlineNs;  // when it was due
   int err;             // errno of a failed set, 0 when driven
 };
@@ -177,6 +177,265 @@ void CallPulseEdge(Napi::Env env, Napi::Function cb, std::nullptr_t*, PulseEdge*
 }
 using PulseTsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, PulseEdge, CallPulseEdge>;
 
+/**
+ * Drives one output at absolute CLOCK_MONOTONIC deadlines from its own thread. Pulses are windows
+ * [start, end); the output is on while any window covers now, so overlapping pulses merge (the gate
+ * stays open for both parts). `write(level)` returns an errno (0 = ok); the engine of a
+ * PulseTimer (bench, tests) has no line and only records when it would have driven it.
+ */
+class PulseEngine {
+ public:
+  using Write = std::function<int(int)>;
+  PulseEngine(std::string what, bool realtime, Write write)
+      : what_(std::move(what)), realtime_(realtime), write_(std::move(write)) {}
+  ~PulseEngine() { Stop(); }
+
+  SysError Start() {
+    if (thread_.joinable()) return {};
+    timerFd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+    if (!timerFd_.valid()) return Sys("timerfd_create", what_);
+    wakeFd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!wakeFd_.valid()) return Sys("eventfd", what_);
+    stop_ = false;
+    thread_ = std::thread([this]() { Run(); });
+    return {};
+  }
+
+  /** false when the pulse is already over (its end has passed). */
+  bool Schedule(int64_t at, int64_t width) {
+    int64_t end = at + width;
+    if (end <= MonoNowNs()) return false;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      windows_.push_back({at, end});
+      scheduled_++;
+    }
+    Wake();
+    return true;
+  }
+
+  void Cancel() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      windows_.clear();
+    }
+    Wake();
+  }
+
+  /** Tell the engine the level JS wrote directly, so the next transition is computed from it. */
+  void NoteLevel(int level) {
+    std::lock_guard<std::mutex> lk(mu_);
+    level_ = level;
+  }
+
+  void SetListener(Napi::Env env, Napi::Function cb) {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (hasTsfn_) tsfn_.Release();
+    tsfn_ = PulseTsfn::New(env, cb, "linesight:gpio-pulse-edge", 0, 1);
+    tsfn_.Unref(env);
+    hasTsfn_ = true;
+  }
+
+  Napi::Object Stats(Napi::Env env) {
+    std::lock_guard<std::mutex> lk(mu_);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("scheduled", double(scheduled_));
+    o.Set("edges", double(edges_));
+    o.Set("pending", double(windows_.size()));
+    o.Set("level", level_ < 0 ? 0 : level_);
+    o.Set("maxLateNs", Napi::BigInt::New(env, maxLateNs_));
+    o.Set("realtime", rtApplied_.load());
+    o.Set("writeErrors", double(writeErrors_));
+    o.Set("running", thread_.joinable());
+    return o;
+  }
+
+  void Stop() {
+    if (thread_.joinable()) {
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        stop_ = true;
+        windows_.clear();
+      }
+      Wake();
+      thread_.join();
+    }
+    timerFd_.reset();
+    wakeFd_.reset();
+    std::lock_guard<std::mutex> lk(mu_);
+    if (hasTsfn_) {
+      tsfn_.Release();
+      hasTsfn_ = false;
+    }
+  }
+
+ private:
+  void Wake() {
+    if (!wakeFd_.valid()) return;
+    uint64_t one = 1;
+    (void)!::write(wakeFd_.get(), &one, sizeof one);
+  }
+
+  void Run() {
+    // No timer slack (default 50 us) on this thread, and real-time priority when allowed.
+    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+    if (realtime_) {
+      sched_param sp{};
+      sp.sched_priority = 50;
+      rtApplied_ = pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp) == 0;
+    }
+    pthread_setname_np(pthread_self(), "ls-gpio-pulse");
+    for (;;) {
+      int64_t next = -1;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (stop_) return;
+        int64_t now = MonoNowNs();
+        bool active = false;
+        int64_t onDeadline = INT64_MAX, offDeadline = INT64_MIN;
+        for (const auto& w : windows_) {
+          if (w.startNs <= now && now < w.endNs) {
+            active = true;
+            onDeadline = std::min(onDeadline, w.startNs);
+          }
+          if (w.endNs <= now) offDeadline = std::max(offDeadline, w.endNs);
+        }
+        windows_.erase(std::remove_if(windows_.begin(), windows_.end(), [now](const Window& w) { return w.endNs <= now; }),
+                       windows_.end());
+        int want = active ? 1 : 0;
+        // level_ < 0: never driven; nothing to switch off until a pulse has switched it on.
+        if (want != level_ && !(level_ < 0 && want == 0)) {
+          int e = write_(want);
+          int64_t t = MonoNowNs();
+          int64_t deadline = want ? onDeadline : (offDeadline == INT64_MIN ? t : offDeadline);
+          if (e == 0) {
+            level_ = want;
+            edges_++;
+            maxLateNs_ = std::max(maxLateNs_, t - deadline);
+          } else {
+            writeErrors_++;
+          }
+          if (hasTsfn_) {
+            auto* copy = new PulseEdge{want, t, deadline, e};
+            if (tsfn_.NonBlockingCall(copy) != napi_ok) delete copy;  // never waits for JS
+          }
+        }
+        for (const auto& w : windows_) {
+          int64_t at = w.startNs > now ? w.startNs : w.endNs;
+          if (next < 0 || at < next) next = at;
+        }
+      }
+      itimerspec its{};
+      if (next >= 0) {
+        its.it_value.tv_sec = next / 1000000000LL;
+        its.it_value.tv_nsec = next % 1000000000LL;
+        if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0) its.it_value.tv_nsec = 1;
+      }
+      timerfd_settime(timerFd_.get(), TFD_TIMER_ABSTIME, &its, nullptr);
+      pollfd pfds[2] = {{timerFd_.get(), POLLIN, 0}, {wakeFd_.get(), POLLIN, 0}};
+      int r = ::poll(pfds, 2, -1);
+      if (r < 0 && errno != EINTR) return;
+      uint64_t drain;
+      if (pfds[0].revents & POLLIN) (void)!::read(timerFd_.get(), &drain, sizeof drain);
+      if (pfds[1].revents & POLLIN) (void)!::read(wakeFd_.get(), &drain, sizeof drain);
+    }
+  }
+
+  std::string what_;
+  bool realtime_;
+  Write write_;
+  std::mutex mu_;
+  std::vector<Window> windows_;
+  std::thread thread_;
+  Fd timerFd_, wakeFd_;
+  bool stop_ = false;
+  int level_ = -1;
+  uint64_t scheduled_ = 0, edges_ = 0, writeErrors_ = 0;
+  int64_t maxLateNs_ = 0;
+  std::atomic<bool> rtApplied_{false};
+  PulseTsfn tsfn_;
+  bool hasTsfn_ = false;
+};
+
+int WriteLineValue(int fd, int value) {
+  gpio_v2_line_values v{};
+  v.mask = 1;
+  v.bits = value ? 1 : 0;
+  if (Xioctl(fd, GPIO_V2_LINE_SET_VALUES_IOCTL, &v) < 0) return errno;
+  return 0;
+}
+
+int ReadLineValue(int fd, int* out) {
+  gpio_v2_line_values v{};
+  v.mask = 1;
+  if (Xioctl(fd, GPIO_V2_LINE_GET_VALUES_IOCTL, &v) < 0) return errno;
+  *out = int(v.bits & 1);
+  return 0;
+}
+
+void PulseCommon(const Napi::CallbackInfo& info, int64_t* at, int64_t* width) {
+  *at = ToInt64(info[0], "atNs");
+  *width = ToInt64(info[1], "widthNs");
+  if (*width <= 0) throw Napi::RangeError::New(info.Env(), "schedulePulse: widthNs must be > 0");
+}
+
+/**
+ * A PulseEngine without a line: fires at the deadlines and reports when it did. For the timing
+ * bench and for tests on machines without GPIO.
+ */
+class PulseTimer : public Napi::ObjectWrap<PulseTimer> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "PulseTimer",
+                       {
+                           InstanceMethod("schedulePulse", &PulseTimer::Schedule),
+                           InstanceMethod("cancelPulses", &PulseTimer::Cancel),
+                           InstanceMethod("onPulseEdge", &PulseTimer::OnEdge),
+                           InstanceMethod("pulseStats", &PulseTimer::Stats),
+                           InstanceMethod("close", &PulseTimer::Close),
+                       });
+  }
+  PulseTimer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<PulseTimer>(info) {
+    bool realtime = info.Length() > 0 && info[0].IsObject() && GetBool(info[0].As<Napi::Object>(), "realtime", false);
+    engine_ = std::make_unique<PulseEngine>("pulse-timer", realtime, [](int) { return 0; });
+    env_ = info.Env();
+    napi_add_env_cleanup_hook(env_, &PulseTimer::OnEnvCleanup, this);
+  }
+  ~PulseTimer() override {
+    engine_->Stop();
+    napi_remove_env_cleanup_hook(env_, &PulseTimer::OnEnvCleanup, this);
+  }
+  static void OnEnvCleanup(void* self) { static_cast<PulseTimer*>(self)->engine_->Stop(); }
+
+ private:
+  Napi::Value Schedule(const Napi::CallbackInfo& info) {
+    if (closed_) throw Napi::Error::New(info.Env(), "schedulePulse: the timer is closed");
+    int64_t at, width;
+    PulseCommon(info, &at, &width);
+    SysError e = engine_->Start();
+    if (e.failed()) ThrowSys(info.Env(), e);
+    return Napi::Boolean::New(info.Env(), engine_->Schedule(at, width));
+  }
+  Napi::Value Cancel(const Napi::CallbackInfo& info) {
+    engine_->Cancel();
+    return info.Env().Undefined();
+  }
+  Napi::Value OnEdge(const Napi::CallbackInfo& info) {
+    if (info.Length() < 1 || !info[0].IsFunction()) throw Napi::TypeError::New(info.Env(), "onPulseEdge(cb)");
+    engine_->SetListener(info.Env(), info[0].As<Napi::Function>());
+    return info.Env().Undefined();
+  }
+  Napi::Value Stats(const Napi::CallbackInfo& info) { return engine_->Stats(info.Env()); }
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    closed_ = true;
+    engine_->Stop();
+    return info.Env().Undefined();
+  }
+  Napi::Env env_{nullptr};
+  std::unique_ptr<PulseEngine> engine_;
+  bool closed_ = false;
+};
+
 class Line : public Napi::ObjectWrap<Line> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -184,8 +443,7 @@ class Line : public Napi::ObjectWrap<Line> {
                        {
                            InstanceMethod("getValue", &Line::GetValue),
                            InstanceMethod("getValueAsync", &Line::GetValueAsync),
-                           InstanceMethod("setValue", &Line::SetValue),
-                           InstanceMethod("watch", &Line::Watch),
+XX, &Line::Watch),
                            InstanceMethod("unwatch", &Line::Unwatch),
                            InstanceMethod("schedulePulse", &Line::SchedulePulse),
                            InstanceMethod("cancelPulses", &Line::CancelPulses),
@@ -205,15 +463,20 @@ class Line : public Napi::ObjectWrap<Line> {
     output_ = info[1].ToBoolean().Value();
     path_ = info[2].As<Napi::String>().Utf8Value();
     offset_ = info[3].As<Napi::Number>().Uint32Value();
-    realtime_ = info[4].ToBoolean().Value();
     env_ = info.Env();
-    cleanup_ = env_.AddCleanupHook([this]() { Teardown(); });
+    if (output_) {
+      int fd = fd_;
+      pulses_ = std::make_unique<PulseEngine>(What(), info[4].ToBoolean().Value(), [fd](int v) { return WriteLineValue(fd, v); });
+    }
+    napi_add_env_cleanup_hook(env_, &Line::OnEnvCleanup, this);
   }
 
   ~Line() override {
     Teardown();
-    cleanup_.Remove(env_);
+    napi_remove_env_cleanup_hook(env_, &Line::OnEnvCleanup, this);
   }
+
+  static void OnEnvCleanup(void* self) { static_cast<Line*>(self)->Teardown(); }
 
  private:
   std::string What() const { return path_ + ":" + std::to_string(offset_); }
@@ -221,30 +484,18 @@ class Line : public Napi::ObjectWrap<Line> {
   void CheckOpen(Napi::Env env, const char* op) const {
     if (fd_ < 0) throw Napi::Error::New(env, std::string(op) + " on " + What() + ": the line is closed");
   }
+  void CheckOutput(Napi::Env env, const char* op) const {
+    CheckOpen(env, op);
+    if (!output_) throw Napi::Error::New(env, std::string(op) + " on " + What() + ": the line is an input");
+  }
 
   Napi::Value GetFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
   Napi::Value GetClosed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), fd_ < 0); }
 
-  static int ReadValue(int fd, int* out) {
-    gpio_v2_line_values v{};
-    v.mask = 1;
-    if (Xioctl(fd, GPIO_V2_LINE_GET_VALUES_IOCTL, &v) < 0) return errno;
-    *out = int(v.bits & 1);
-    return 0;
-  }
-
-  static int WriteValue(int fd, int value) {
-    gpio_v2_line_values v{};
-    v.mask = 1;
-    v.bits = value ? 1 : 0;
-    if (Xioctl(fd, GPIO_V2_LINE_SET_VALUES_IOCTL, &v) < 0) return errno;
-    return 0;
-  }
-
   Napi::Value GetValue(const Napi::CallbackInfo& info) {
     CheckOpen(info.Env(), "read");
     int v = 0;
-    if (int e = ReadValue(fd_, &v)) ThrowSys(info.Env(), Sys("ioctl(GPIO_V2_LINE_GET_VALUES)", What(), e));
+    if (int e = ReadLineValue(fd_, &v)) ThrowSys(info.Env(), Sys("ioctl(GPIO_V2_LINE_GET_VALUES)", What(), e));
     return Napi::Number::New(info.Env(), v);
   }
 
@@ -259,18 +510,36 @@ class Line : public Napi::ObjectWrap<Line> {
     return PromiseWorker::Run(
         info.Env(), "linesight:gpio-read",
         [fd, value, what]() -> SysError {
-          if (int e = ReadValue(fd->get(), value.get())) return Sys("ioctl(GPIO_V2_LINE_GET_VALUES)", what, e);
+          if (int e = ReadLineValue(fd->get(), value.get())) return Sys("ioctl(GPIO_V2_LINE_GET_VALUES)", what, e);
           return {};
         },
         [value](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *value); });
   }
 
   Napi::Value SetValue(const Napi::CallbackInfo& info) {
-    CheckOpen(info.Env(), "write");
-    if (!output_) throw Napi::Error::New(info.Env(), "write on " + What() + ": the line is an input");
+    CheckOutput(info.Env(), "write");
     int v = info[0].ToBoolean().Value() ? 1 : 0;
-    if (int e = WriteValue(fd_, v)) ThrowSys(info.Env(), Sys("ioctl(GPIO_V2_LINE_SET_VALUES)", What(), e));
+    if (int e = WriteLineValue(fd_, v)) ThrowSys(info.Env(), Sys("ioctl(GPIO_V2_LINE_SET_VALUES)", What(), e));
+    pulses_->NoteLevel(v);
     return info.Env().Undefined();
+  }
+
+  /** The write on the pool: on an I2C/SPI expander the ioctl sleeps for the bus transfer. */
+  Napi::Value SetValueAsync(const Napi::CallbackInfo& info) {
+    CheckOutput(info.Env(), "write");
+    int v = info[0].ToBoolean().Value() ? 1 : 0;
+    int dupFd = ::fcntl(fd_, F_DUPFD_CLOEXEC, 0);
+    if (dupFd < 0) ThrowSys(info.Env(), Sys("dup", What()));
+    auto fd = std::make_shared<Fd>(dupFd);
+    std::string what = What();
+    pulses_->NoteLevel(v);
+    return PromiseWorker::Run(
+        info.Env(), "linesight:gpio-write",
+        [fd, v, what]() -> SysError {
+          if (int e = WriteLineValue(fd->get(), v)) return Sys("ioctl(GPIO_V2_LINE_SET_VALUES)", what, e);
+          return {};
+        },
+        [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
   }
 
   // ── edge events ──────────────────────────────────────────────────────────────────────────────
@@ -323,6 +592,7 @@ class Line : public Napi::ObjectWrap<Line> {
     }
     gpio_v2_line_event evs[16];
     for (;;) {
+      if (self->fd_ < 0) return;
       ssize_t n = ::read(self->fd_, evs, sizeof evs);
       if (n < 0) {
         if (errno == EINTR) continue;
@@ -335,7 +605,7 @@ class Line : public Napi::ObjectWrap<Line> {
         int value = ev.id == GPIO_V2_LINE_EVENT_RISING_EDGE ? 1 : 0;
         try {
           self->onEdge_.MakeCallback(env.Global(),
-                                     {Napi::Number::New(env, value), Napi::BigInt::New(env, int64_t(ev.timestamp_ns)),
+                                     {env.Null(), Napi::Number::New(env, value), Napi::BigInt::New(env, int64_t(ev.timestamp_ns)),
                                       Napi::Number::New(env, ev.seqno), Napi::Number::New(env, ev.line_seqno)},
                                      *self->asyncCtx_);
         } catch (const Napi::Error& e) {
@@ -360,171 +630,37 @@ class Line : public Napi::ObjectWrap<Line> {
   // ── pulses ───────────────────────────────────────────────────────────────────────────────────
 
   Napi::Value OnPulseEdge(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    CheckOpen(env, "onPulseEdge");
-    if (info.Length() < 1 || !info[0].IsFunction()) throw Napi::TypeError::New(env, "onPulseEdge(cb: (level, atNs, deadlineNs, errno) => void)");
-    std::lock_guard<std::mutex> lk(mu_);
-    if (hasTsfn_) {
-      tsfn_.Release();
-      hasTsfn_ = false;
-    }
-    tsfn_ = PulseTsfn::New(env, info[0].As<Napi::Function>(), "linesight:gpio-pulse-edge", 0, 1);
-    tsfn_.Unref(env);
-    hasTsfn_ = true;
-    return env.Undefined();
+    CheckOutput(info.Env(), "onPulseEdge");
+    if (info.Length() < 1 || !info[0].IsFunction())
+      throw Napi::TypeError::New(info.Env(), "onPulseEdge(cb: (level, atNs, deadlineNs, errno) => void)");
+    pulses_->SetListener(info.Env(), info[0].As<Napi::Function>());
+    return info.Env().Undefined();
   }
 
   /** schedulePulse(atNs, widthNs): true when accepted (the end is still ahead). */
   Napi::Value SchedulePulse(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    CheckOpen(env, "schedulePulse");
-    if (!output_) throw Napi::Error::New(env, "schedulePulse on " + What() + ": the line is an input");
-    int64_t at = ToInt64(info[0], "atNs");
-    int64_t width = ToInt64(info[1], "widthNs");
-    if (width <= 0) throw Napi::RangeError::New(env, "schedulePulse: widthNs must be > 0");
-    int64_t end = at + width;
-    if (end <= MonoNowNs()) return Napi::Boolean::New(env, false);
-    StartThread(env);
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      windows_.push_back({at, end});
-      scheduled_++;
-    }
-    Wake();
-    return Napi::Boolean::New(env, true);
+    CheckOutput(info.Env(), "schedulePulse");
+    int64_t at, width;
+    PulseCommon(info, &at, &width);
+    SysError e = pulses_->Start();
+    if (e.failed()) ThrowSys(info.Env(), e);
+    return Napi::Boolean::New(info.Env(), pulses_->Schedule(at, width));
   }
 
   Napi::Value CancelPulses(const Napi::CallbackInfo& info) {
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      windows_.clear();
-    }
-    Wake();
+    if (pulses_) pulses_->Cancel();
     return info.Env().Undefined();
   }
 
   Napi::Value PulseStats(const Napi::CallbackInfo& info) {
-    std::lock_guard<std::mutex> lk(mu_);
-    Napi::Object o = Napi::Object::New(info.Env());
-    o.Set("scheduled", double(scheduled_));
-    o.Set("edges", double(edges_));
-    o.Set("pending", double(windows_.size()));
-    o.Set("level", level_ < 0 ? 0 : level_);
-    o.Set("maxLateNs", Napi::BigInt::New(info.Env(), maxLateNs_));
-    o.Set("realtime", rtApplied_);
-    o.Set("writeErrors", double(writeErrors_));
-    return o;
-  }
-
-  void StartThread(Napi::Env env) {
-    if (thread_.joinable()) return;
-    timerFd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
-    if (!timerFd_.valid()) ThrowSys(env, Sys("timerfd_create", What()));
-    wakeFd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!wakeFd_.valid()) ThrowSys(env, Sys("eventfd", What()));
-    stop_ = false;
-    thread_ = std::thread([this]() { Run(); });
-  }
-
-  void Wake() {
-    if (!wakeFd_.valid()) return;
-    uint64_t one = 1;
-    ssize_t r = ::write(wakeFd_.get(), &one, sizeof one);
-    (void)r;
-  }
-
-  void Report(const PulseEdge& e) {
-    // Called with mu_ held. Non-blocking: a slow JS thread never holds the pulse thread up.
-    if (!hasTsfn_) return;
-    auto* copy = new PulseEdge(e);
-    if (tsfn_.NonBlockingCall(copy) != napi_ok) delete copy;
-  }
-
-  void Run() {
-    // No timer slack (default 50 us) on this thread, and real-time priority when allowed.
-    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
-    if (realtime_) {
-      sched_param sp{};
-      sp.sched_priority = 50;
-      rtApplied_ = pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp) == 0;
-    }
-    pthread_setname_np(pthread_self(), "ls-gpio-pulse");
-    for (;;) {
-      int64_t next = -1;
-      {
-        std::unique_lock<std::mutex> lk(mu_);
-        if (stop_) return;
-        int64_t now = MonoNowNs();
-        bool active = false;
-        int64_t onDeadline = INT64_MAX, offDeadline = INT64_MIN;
-        for (const auto& w : windows_) {
-          if (w.startNs <= now && now < w.endNs) {
-            active = true;
-            onDeadline = std::min(onDeadline, w.startNs);
-          }
-          if (w.endNs <= now) offDeadline = std::max(offDeadline, w.endNs);
-        }
-        windows_.erase(std::remove_if(windows_.begin(), windows_.end(), [now](const Window& w) { return w.endNs <= now; }),
-                       windows_.end());
-        int want = active ? 1 : 0;
-        if (want != level_ && !(level_ < 0 && want == 0 && offDeadline == INT64_MIN)) {
-          int e = WriteValue(fd_, want);
-          int64_t t = MonoNowNs();
-          int64_t deadline = want ? onDeadline : (offDeadline == INT64_MIN ? t : offDeadline);
-          if (e == 0) {
-            level_ = want;
-            edges_++;
-            maxLateNs_ = std::max(maxLateNs_, t - deadline);
-          } else {
-            writeErrors_++;
-          }
-          Report({want, t, deadline, e});
-        }
-        for (const auto& w : windows_) {
-          int64_t at = w.startNs > now ? w.startNs : w.endNs;
-          if (next < 0 || at < next) next = at;
-        }
-      }
-      itimerspec its{};
-      if (next >= 0) {
-        its.it_value.tv_sec = next / 1000000000LL;
-        its.it_value.tv_nsec = next % 1000000000LL;
-        if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0) its.it_value.tv_nsec = 1;
-      }
-      timerfd_settime(timerFd_.get(), TFD_TIMER_ABSTIME, &its, nullptr);
-      pollfd pfds[2] = {{timerFd_.get(), POLLIN, 0}, {wakeFd_.get(), POLLIN, 0}};
-      int r = ::poll(pfds, 2, -1);
-      if (r < 0 && errno != EINTR) return;
-      uint64_t drain;
-      if (pfds[0].revents & POLLIN) (void)!::read(timerFd_.get(), &drain, sizeof drain);
-      if (pfds[1].revents & POLLIN) (void)!::read(wakeFd_.get(), &drain, sizeof drain);
-    }
-  }
-
-  void StopThread() {
-    if (!thread_.joinable()) return;
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      stop_ = true;
-      windows_.clear();
-    }
-    Wake();
-    thread_.join();
-    timerFd_.reset();
-    wakeFd_.reset();
+    CheckOutput(info.Env(), "pulseStats");
+    return pulses_->Stats(info.Env());
   }
 
   /** Native-only teardown: safe from the destructor and from the env cleanup hook. */
   void Teardown(bool fromJs = false) {
-    StopThread();
+    if (pulses_) pulses_->Stop();
     StopPoll(fromJs);
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      if (hasTsfn_) {
-        tsfn_.Release();
-        hasTsfn_ = false;
-      }
-    }
     if (fd_ >= 0) {
       ::close(fd_);  // the kernel releases the line here
       fd_ = -1;
@@ -539,28 +675,15 @@ class Line : public Napi::ObjectWrap<Line> {
   }
 
   Napi::Env env_{nullptr};
-  Napi::Env::CleanupHook<std::function<void()>> cleanup_;
   int fd_ = -1;
   bool output_ = false;
-  bool realtime_ = false;
   std::string path_;
   uint32_t offset_ = 0;
 
   uv_poll_t* poll_ = nullptr;
   Napi::FunctionReference onEdge_;
   std::unique_ptr<Napi::AsyncContext> asyncCtx_;
-
-  std::mutex mu_;
-  std::vector<Window> windows_;
-  std::thread thread_;
-  Fd timerFd_, wakeFd_;
-  bool stop_ = false;
-  int level_ = -1;  // unknown until the thread drives it
-  uint64_t scheduled_ = 0, edges_ = 0, writeErrors_ = 0;
-  int64_t maxLateNs_ = 0;
-  std::atomic<bool> rtApplied_{false};
-  PulseTsfn tsfn_;
-  bool hasTsfn_ = false;
+  std::unique_ptr<PulseEngine> pulses_;
 };
 
 /**
@@ -658,11 +781,13 @@ Napi::Value RequestLine(const Napi::CallbackInfo& info) {
 
 void InitGpio(Napi::Env env, Napi::Object exports) {
   Data(env)->gpioLine = Napi::Persistent(Line::Define(env));
+  Data(env)->pulseTimer = Napi::Persistent(PulseTimer::Define(env));
   Napi::Object gpio = Napi::Object::New(env);
   gpio.Set("listChips", Napi::Function::New(env, ListChips, "listChips"));
   gpio.Set("chipInfo", Napi::Function::New(env, ChipInfoJs, "chipInfo"));
   gpio.Set("lineInfo", Napi::Function::New(env, LineInfoJs, "lineInfo"));
   gpio.Set("requestLine", Napi::Function::New(env, RequestLine, "requestLine"));
+  gpio.Set("PulseTimer", Data(env)->pulseTimer.Value());
   gpio.Set("monotonicNs", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
              return Napi::BigInt::New(info.Env(), MonoNowNs());
            }, "monotonicNs"));

@@ -23,9 +23,9 @@ const PAGE = `<!doctype html>
   .lamp.on.amber { background:var(--warn); box-shadow:0 0 14px var(--warn); }
   .lamp.on.red { background:var(--bad); box-shadow:0 0 14px var(--bad); }
   main { padding:12px 16px; display:grid; gap:12px; }
-  .counters { display:grid; grid-template-columns: repeat(auto-fit, minmax(130px, 1fr)); gap:10px; }
+  .counters { display:grid; grid-template-columns: repeat(auto-fit, minmax(118px, 1fr)); gap:8px; }
   .card { background:var(--card); border-radius:10px; padding:10px 12px; }
-  .big { font-size:34px; font-weight:700; }
+  .big { font-size:28px; font-weight:700; white-space:nowrap; }
   .pass { color:var(--ok); } .reject { color:var(--bad); } .fs { color:var(--warn); }
   #rejects { display:grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap:10px; }
   .reject-card { background:var(--card); border-radius:10px; padding:8px; }
@@ -56,10 +56,10 @@ const PAGE = `<!doctype html>
     <div class="card"><div class="dim">reject</div><div class="big reject" id="reject" data-testid="reject">0</div></div>
     <div class="card"><div class="dim">yield</div><div class="big" id="yield" data-testid="yield">–</div></div>
     <div class="card"><div class="dim">fail-safe</div><div class="big fs" id="failsafe" data-testid="failsafe">0</div></div>
-    <div class="card"><div class="dim">latency p50 / p99</div><div class="big" id="latency" style="font-size:24px">–</div></div>
+    <div class="card"><div class="dim">latency p50 / p99</div><div class="big" id="latency" style="font-size:18px;white-space:normal">–</div></div>
   </section>
   <section class="card"><div class="dim">latency per part (ms)</div><canvas id="spark" width="600" height="60"></canvas></section>
-  <section class="card"><div class="dim">why amber / red</div><div id="reasons" data-testid="reasons">–</div>
+  <section class="card"><div class="dim">stack light notes</div><div id="reasons" data-testid="reasons">–</div>
     <div class="dim" style="margin-top:6px">alarms</div><ul id="alarms" data-testid="alarms"></ul></section>
   <section><h2 style="font-size:18px;margin:4px 0">last diverted parts</h2><div id="rejects" data-testid="rejects"></div></section>
 </main>
@@ -99,8 +99,9 @@ function overlay(canvas, p) {
   if (p.map && p.map.data && p.map.data.length) {
     const m = p.map, thr = p.threshold || 1, cw = f.width / m.width, ch = f.height / m.height;
     for (let y = 0; y < m.height; y++) for (let x = 0; x < m.width; x++) {
-      const a = Math.max(0, Math.min(1, m.data[y * m.width + x] / (thr * 1.5)));
-      if (a > 0.25) { g.fillStyle = "rgba(255,40,40," + (0.55 * a).toFixed(2) + ")"; g.fillRect(x * cw, y * ch, cw + 0.5, ch + 0.5); }
+      // Only cells near or above the threshold: the background's texture response stays clear.
+      const a = Math.max(0, Math.min(1, (m.data[y * m.width + x] - 0.75 * thr) / (0.75 * thr)));
+      if (a > 0) { g.fillStyle = "rgba(255,40,40," + (0.55 * a).toFixed(2) + ")"; g.fillRect(x * cw, y * ch, cw + 0.5, ch + 0.5); }
     }
   }
   g.strokeStyle = "#ff2d2d"; g.lineWidth = Math.max(2, f.width / 160); g.font = Math.max(12, f.width / 25) + "px sans-serif"; g.fillStyle = "#ff2d2d";

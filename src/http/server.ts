@@ -163,14 +163,15 @@ export class HttpServer {
 
   private onDecided(p: Part): void {
     const summary = summarize(p);
+    const f = p.frame;
+    const keep = p.action === 'divert' && f !== undefined && f.data.length === f.width * f.height * f.channels;
+    if (keep) summary.image = `/v1/parts/${encodeURIComponent(p.id)}/image.jpg`;
     this.broadcast('part', summary);
     if (p.action !== 'divert') return;
     const entry: { summary: PartSummary; jpeg?: Promise<Buffer | undefined> } = { summary };
     this.rejects.unshift(entry);
     this.rejects.length = Math.min(this.rejects.length, REJECTS_KEPT);
-    const f = p.frame;
-    if (f && f.data.length === f.width * f.height * f.channels) {
-      summary.image = `/v1/parts/${encodeURIComponent(p.id)}/image.jpg`;
+    if (keep && f) {
       // Encoded off the main thread by libvips; the page asks for it when it shows the reject.
       entry.jpeg = sharp(Buffer.from(f.data.buffer, f.data.byteOffset, f.data.byteLength), { raw: { width: f.width, height: f.height, channels: f.channels } })
         .jpeg({ quality: 80 })

@@ -59,8 +59,8 @@ export function inputToFrame(geo: Geometry): { scaleX: number; scaleY: number; o
   const r = region(geo);
   if (geo.resize === 'letterbox') {
     const s = Math.min(geo.inputWidth / r.width, geo.inputHeight / r.height);
-    const scaledW = Math.max(1, Math.round(r.width * s));
-    const scaledH = Math.max(1, Math.round(r.height * s));
+    const scaledW = Math.min(geo.inputWidth, Math.max(1, Math.round(r.width * s)));
+    const scaledH = Math.min(geo.inputHeight, Math.max(1, Math.round(r.height * s)));
     const padX = Math.floor((geo.inputWidth - scaledW) / 2);
     const padY = Math.floor((geo.inputHeight - scaledH) / 2);
     const scaleX = r.width / scaledW;
@@ -256,7 +256,7 @@ export function connectedComponents(data: Float32Array, w: number, h: number, le
   return found;
 }
 
-/** Max-pools the map down so its longest side is at most `maxSide` (max keeps small defects visible). */
+/** Max-pools the map down so its longest side is at most `maxSide` (max keeps small defects visible), values to 4 significant digits. */
 export function downsampleMax(data: Float32Array, w: number, h: number, maxSide: number): { width: number; height: number; data: number[] } {
   const f = Math.max(1, Math.ceil(Math.max(w, h) / maxSide));
   const ow = Math.ceil(w / f);
@@ -268,7 +268,8 @@ export function downsampleMax(data: Float32Array, w: number, h: number, maxSide:
       out[o] = Math.max(out[o]!, data[y * w + x]!);
     }
   }
-  return { width: ow, height: oh, data: out };
+  // Four significant digits are plenty for an overlay and keep the verdict's JSON small.
+  return { width: ow, height: oh, data: out.map((v) => Number(v.toPrecision(4))) };
 }
 
 // ---- detection --------------------------------------------------------------------------------

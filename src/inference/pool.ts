@@ -13,7 +13,7 @@ import {
   type InspectorInfo,
   type ModelManifest,
 } from './types.js';
-import type { FromWorker, ProviderFailure, ToWorker, WorkerInit } from './worker.js';
+import type { FromWorker, ProviderFailure, TestAction, ToWorker, WorkerInit } from './worker.js';
 import type { Frame, ModelRef } from '../part.js';
 import type { Logger } from '../log.js';
 
@@ -49,6 +49,8 @@ interface Slot {
   index: number;
   worker?: Worker;
   state: 'starting' | 'idle' | 'busy' | 'dead';
+  /** The execution provider its session runs on. */
+  provider?: string;
   job?: Job;
   /** Consecutive failures (crash or failed start) since it last served a request: the backoff exponent. */
   failures: number;
@@ -76,8 +78,10 @@ const errMessage = (err: unknown): string => (err instanceof Error ? err.message
 
 export class InferencePool implements Inspector {
   private state: 'new' | 'starting' | 'running' | 'stopped' = 'new';
+  /** Kept for the life of the pool: restarted workers load the model from these verified bytes. */
   private bundle?: ModelBundle;
   private model?: ModelRef;
+  /** The provider the first worker found; later workers start their search from it. */
   private provider = 'none';
   private slots: Slot[] = [];
   /** FIFO per priority; line parts always go first. */
@@ -99,9 +103,6 @@ export class InferencePool implements Inspector {
       // re-logging) providers that already failed.
       const first = this.newSlot();
       const ready = await this.startSlot(first, this.opts.providers);
-      for (const f of ready.failed) {
-        log.warn('execution provider unavailable, trying the next one', { provider: f.provider, error: f.error });
-      }
       this.provider = ready.provider;
       const rest = Array.from({ length: Math.max(1, this.opts.workers) - 1 }, () => this.newSlot());
       await Promise.all(rest.map((slot) => this.startSlot(slot, this.providersFromActive())));
@@ -161,22 +162,28 @@ export class InferencePool implements Inspector {
     return {
       model: this.model,
       manifest: this.bundle.manifest,
-      provider: this.provider,
+      provider: this.activeProvider(),
       workers: this.slots.filter((s) => s.state === 'idle' || s.state === 'busy').length,
       queued: this.queues.line.length + this.queues.api.length,
       inFlight: this.slots.filter((s) => s.state === 'busy').length,
     };
   }
 
-  /** Test hook: the worker that gets the next request dies on it ('throw': uncaught error; 'exit': process.exit). */
-  crashNextForTest(how: 'throw' | 'exit'): void {
-    for (const slot of this.slots) slot.worker?.postMessage({ type: 'crash-next', how } satisfies ToWorker);
+  /** For tests only: sent to every live worker (see TestAction in worker.ts). */
+  testHook(action: TestAction): void {
+    for (const slot of this.slots) slot.worker?.postMessage({ type: 'test', action } satisfies ToWorker);
   }
 
   // ---- internals -------------------------------------------------------------------------------
 
   private manifest(): ModelManifest {
     return this.bundle!.manifest;
+  }
+
+  /** Normally one provider; after a restart fell back further, each one in use ('cuda,cpu'). */
+  private activeProvider(): string {
+    const live = new Set(this.slots.filter((s) => s.state === 'idle' || s.state === 'busy').map((s) => s.provider!));
+    return live.size > 0 ? [...live].join(',') : this.provider;
   }
 
   /** Providers from the active one on: a restarted worker can still fall back further. */
@@ -222,7 +229,11 @@ export class InferencePool implements Inspector {
         switch (msg.type) {
           case 'ready':
             settled = true;
+            for (const f of msg.failed) {
+              this.opts.log.warn('execution provider unavailable, trying the next one', { worker: slot.index, provider: f.provider, error: f.error });
+            }
             slot.state = 'idle';
+            slot.provider = msg.provider;
             resolve(msg);
             this.pump();
             break;
@@ -286,7 +297,7 @@ export class InferencePool implements Inspector {
         job.resolve({
           verdict: msg.verdict,
           model: this.model!,
-          provider: this.provider,
+          provider: slot.provider!,
           timings: { preprocessMs: job.preMs + msg.preMs, inferMs: msg.inferMs, postprocessMs: msg.postMs, queueMs: job.queueMs ?? 0 },
         });
       } else {

@@ -23,8 +23,14 @@ export interface WorkerInit {
 
 export type ToWorker =
   | { type: 'run'; id: number; pixels: Uint8Array; channels: 1 | 3; geometry: Geometry }
-  /** Test hook: die on the next 'run', by an uncaught exception or process.exit. */
-  | { type: 'crash-next'; how: 'throw' | 'exit' };
+  | { type: 'test'; action: TestAction };
+
+/**
+ * Test hooks, so tests need no timing: 'crash-exit' / 'crash-throw' make the worker die on its
+ * next request (process.exit / uncaught exception); 'hold' keeps requests waiting in the worker
+ * until 'release'.
+ */
+export type TestAction = 'crash-exit' | 'crash-throw' | 'hold' | 'release';
 
 export interface ProviderFailure {
   provider: string;
@@ -41,15 +47,17 @@ export type FromWorker =
 // the one-JSON-object-per-line log stream.
 env.logLevel = 'fatal';
 
+if (!parentPort) throw new Error('inference worker: must run in a worker thread');
 const port = parentPort;
-if (!port) throw new Error('inference worker: must run in a worker thread');
 const send = (msg: FromWorker): void => port.postMessage(msg);
 const ms = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e6;
 const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 
 const init = workerData as WorkerInit;
 const { manifest } = init;
-let crashNext: 'throw' | 'exit' | undefined;
+let crashNext: 'crash-exit' | 'crash-throw' | undefined;
+/** Requests kept back while a test holds the worker. */
+let held: Extract<ToWorker, { type: 'run' }>[] | undefined;
 
 /** Tries each provider alone, in order: the first that creates a session wins. */
 async function createSession(): Promise<{ session: InferenceSession; provider: string; failed: ProviderFailure[] }> {
@@ -134,19 +142,27 @@ async function main(): Promise<void> {
   }
   send({ type: 'ready', provider, failed, warmupMs: ms(t0) });
 
-  port!.on('message', (msg: ToWorker) => {
-    if (msg.type === 'crash-next') {
-      crashNext = msg.how;
-      return;
-    }
-    if (crashNext) {
-      if (crashNext === 'exit') process.exit(3);
-      throw new Error('inference worker: crash requested by test hook');
-    }
+  const serve = (msg: Extract<ToWorker, { type: 'run' }>): void => {
+    if (crashNext === 'crash-exit') process.exit(3);
+    if (crashNext === 'crash-throw') throw new Error('inference worker: crash requested by test hook');
     infer(session, msg.pixels, msg.channels, msg.geometry).then(
       (r) => send({ type: 'result', id: msg.id, ...r }),
       (err: unknown) => send({ type: 'error', id: msg.id, message: message(err) }),
     );
+  };
+  port.on('message', (msg: ToWorker) => {
+    if (msg.type === 'run') {
+      if (held) held.push(msg);
+      else serve(msg);
+    } else if (msg.action === 'hold') {
+      held ??= [];
+    } else if (msg.action === 'release') {
+      const waiting = held ?? [];
+      held = undefined;
+      waiting.forEach(serve);
+    } else {
+      crashNext = msg.action;
+    }
   });
 }
 

@@ -5,7 +5,7 @@ import { Value } from '@sinclair/typebox/value';
 import { createLogger, type Logger } from '../log.js';
 import { DatasetError, scanDataset } from './dataset.js';
 import { loadTrainConfig, TrainConfigError, TrainConfigSchema } from './config.js';
-import { evaluateBundle, formatMetrics, formatSummary, loadRunConfig, resolveRunDir, runTraining, type EvaluateSettings, type ProgressFn, type TrainOptions } from './pipeline.js';
+import { createProgress, evaluateBundle, formatMetrics, formatSummary, loadRunConfig, resolveRunDir, runTraining, type EvaluateSettings, type ProgressFn, type TrainOptions } from './pipeline.js';
 
 const TRAIN_USAGE = `usage: linesight train -c TRAIN.yaml [--resume RUN]
        linesight train --resume RUN
@@ -119,7 +119,7 @@ export async function evalCommand(args: string[], opts: { progress?: ProgressFn 
     return 2;
   }
   const log = opts.log ?? createLogger({ base: { component: 'eval' } });
-  const progress = opts.progress === false ? undefined : opts.progress;
+  const progress = opts.progress === false ? undefined : (opts.progress ?? createProgress());
   try {
     const { manifest: dataset, samples } = await scanDataset(data, { log, progress });
     const modelDir = path.resolve(model);
@@ -153,7 +153,7 @@ export async function evalCommand(args: string[], opts: { progress?: ProgressFn 
       const lines = [
         `model       ${manifest.name} ${manifest.version} (${modelDir})`,
         `dataset     ${dataset.root}: ${dataset.entries.length} images${dataset.skipped.length ? `, ${dataset.skipped.length} unreadable skipped` : ''}`,
-        ...formatMetrics(ev.metrics),
+        ...formatMetrics(ev.metrics, 'images'),
         `report      ${ev.report.html}`,
       ];
       process.stdout.write(lines.join('\n') + '\n');

@@ -24,7 +24,12 @@ export const TrainConfigSchema = T.Object(
             frames: T.Integer({ minimum: 10, maximum: 100000, default: 600, description: 'how many frames to render' }),
             width: T.Integer({ minimum: 32, maximum: 4096, default: 320 }),
             height: T.Integer({ minimum: 32, maximum: 4096, default: 240 }),
-            seed: T.Integer({ default: 1, description: 'generator seed (the film)' }),
+            seed: T.Integer({ default: 1, description: "generator seed: the film batch (keep the demo camera's seed so the tint matches)" }),
+            firstIndex: T.Integer({
+              minimum: 0,
+              default: 0,
+              description: 'index of the first frame rendered: an offset keeps training frames apart from the ones the demo shows',
+            }),
             defectRate: T.Number({ minimum: 0, maximum: 1, default: 0.3, description: 'share of frames with a defect' }),
           },
           { additionalProperties: false, default: {} },

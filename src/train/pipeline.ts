@@ -241,9 +241,9 @@ export async function renderSyntheticDataset(
 ): Promise<{ frames: number; classes: Record<string, number> }> {
   await rm(dir, { recursive: true, force: true });
   const classes: Record<string, number> = {};
-  const digits = String(opts.frames - 1).length;
+  const digits = String(opts.firstIndex + opts.frames - 1).length;
   const film = { width: opts.width, height: opts.height, seed: opts.seed, defectRate: opts.defectRate };
-  const indices = Array.from({ length: opts.frames }, (_, i) => i);
+  const indices = Array.from({ length: opts.frames }, (_, i) => opts.firstIndex + i);
   let done = 0;
   await mapLimit(indices, 4, async (i) => {
     const f = renderFilmFrame(film, i);
@@ -819,11 +819,12 @@ export async function runTraining(rc: ResolvedTrainConfig, opts: TrainOptions = 
 const pct = (v: number): string => (Number.isFinite(v) ? `${(v * 100).toFixed(1)}%` : 'n/a');
 const num = (v: number): string => (Number.isFinite(v) ? String(+v.toPrecision(4)) : 'n/a');
 
-export function formatMetrics(m: EvalMetrics): string[] {
+/** The metrics as aligned text lines; `set` names the images they were computed on. */
+export function formatMetrics(m: EvalMetrics, set = 'test'): string[] {
   const t = m.test;
   const lines = [
     `threshold   ${m.threshold}${m.calibration ? ` (val FRR ${pct(m.calibration.frr)} <= target ${pct(m.targetFrr ?? NaN)}, ${m.calibration.n} good val images)` : ' (from the bundle)'}`,
-    `test        ${t.n.good} good, ${t.n.defective} defective`,
+    `${set.padEnd(12)}${t.n.good} good, ${t.n.defective} defective`,
     `AUROC       ${num(t.auroc)}`,
     `recall      ${pct(t.recall)}   FRR ${pct(t.frr)}   (TP ${t.confusion.tp}  FN ${t.confusion.fn}  FP ${t.confusion.fp}  TN ${t.confusion.tn})`,
   ];

@@ -116,7 +116,8 @@ export function curveSvg(opts: {
 
 /** Overlaid histograms of good and defective scores with the threshold as a vertical line. */
 export function histogramSvg(h: Histogram, title = 'Scores: good vs defective'): string {
-  const f = FRAME;
+  // Extra room at the top for the legend, so it never covers a bar.
+  const f: Frame = { ...FRAME, top: 46 };
   const lo = h.edges[0]!;
   const hi = h.edges[h.edges.length - 1]!;
   // Densities, so a large good set does not flatten the defective one.
@@ -141,13 +142,16 @@ export function histogramSvg(h: Histogram, title = 'Scores: good vs defective'):
       .join('');
   body += bars(g, '#2da44e') + bars(d, '#d1242f');
   if (Number.isFinite(h.threshold)) {
-    const tx = px(x(h.threshold));
-    body += `<line x1="${tx}" y1="${f.top}" x2="${tx}" y2="${f.h - f.bottom}" stroke="#111" stroke-width="2" stroke-dasharray="6 3"/>`;
-    body += `<text x="${tx}" y="${f.top + 12}" dx="4" font-size="11">threshold ${fmt(h.threshold)}</text>`;
+    const tx = x(h.threshold);
+    // The label goes on the side of the line with more room.
+    const right = tx < (f.left + f.w - f.right) / 2;
+    body += `<line x1="${px(tx)}" y1="${f.top}" x2="${px(tx)}" y2="${f.h - f.bottom}" stroke="#111" stroke-width="2" stroke-dasharray="6 3"/>`;
+    body += `<text x="${px(tx + (right ? 4 : -4))}" y="${f.top + 12}" text-anchor="${right ? 'start' : 'end'}" font-size="11">threshold ${fmt(h.threshold)}</text>`;
   }
-  const lx = f.w - f.right - 110;
-  body += `<rect x="${lx}" y="${f.top + 22}" width="10" height="10" fill="#2da44e" fill-opacity="0.55"/><text x="${lx + 14}" y="${f.top + 31}" font-size="11">good (${h.good.reduce((a, b) => a + b, 0)})</text>`;
-  body += `<rect x="${lx}" y="${f.top + 38}" width="10" height="10" fill="#d1242f" fill-opacity="0.55"/><text x="${lx + 14}" y="${f.top + 47}" font-size="11">defective (${h.defective.reduce((a, b) => a + b, 0)})</text>`;
+  const n = (c: number[]): number => c.reduce((a, b) => a + b, 0);
+  const ly = 30;
+  body += `<rect x="${f.left}" y="${ly}" width="10" height="10" fill="#2da44e" fill-opacity="0.55"/><text x="${f.left + 14}" y="${ly + 9}" font-size="11">good (${n(h.good)})</text>`;
+  body += `<rect x="${f.left + 110}" y="${ly}" width="10" height="10" fill="#d1242f" fill-opacity="0.55"/><text x="${f.left + 124}" y="${ly + 9}" font-size="11">defective (${n(h.defective)})</text>`;
   return svg(f, body, title);
 }
 
@@ -196,7 +200,8 @@ export async function heatmapPng(opts: {
     const t = (opts.scores[i]! - opts.lo) / span;
     const tc = Math.min(1, Math.max(0, t));
     const [r, g, b] = colourMap(tc);
-    const a = 0.15 + 0.55 * tc;
+    // Low scores leave the image visible; high ones cover it.
+    const a = 0.65 * tc;
     const gray = channels === 1;
     const br = base[i * channels]!;
     const bg = gray ? br : base[i * channels + 1]!;

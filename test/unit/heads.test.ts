@@ -2,7 +2,7 @@
 // NMS, connected components, and malformed outputs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { applyHead, connectedComponents, downsampleMax, HeadError, inputToFrame, type Geometry, type OutputTensor } from '../../src/inference/heads.js';
+import { applyHead, connectedComponents, downsampleMax, HeadError, inputToFrame, MAX_DEFECTS, type Geometry, type OutputTensor } from '../../src/inference/heads.js';
 import type { AnomalyHead, ClassificationHead, DetectionHead } from '../../src/inference/types.js';
 
 const tensor = (dims: number[], values: number[]): OutputTensor => ({ dims, data: Float32Array.from(values) });
@@ -111,7 +111,7 @@ test('anomaly: components become frame-pixel boxes, strongest first', () => {
       ['anomaly', 0.55, [4, 8, 4, 4], 16],
     ],
   );
-  assert.deepEqual(v.map, { width: 4, height: 4, data: [...Float32Array.from(MAP)] });
+  assert.deepEqual(v.map, { width: 4, height: 4, data: MAP }); // float32 values rounded to 4 digits
 });
 
 test('anomaly: minArea, mapThreshold and defectClass', () => {
@@ -181,6 +181,7 @@ test('downsampleMax: block max keeps small peaks; maps within the limit are unch
   assert.equal(m.data[42], 5);
   assert.equal(m.data.filter((v) => v !== 0).length, 1);
   assert.deepEqual(downsampleMax(Float32Array.from([1, 2, 3, 4]), 2, 2, 64), { width: 2, height: 2, data: [1, 2, 3, 4] });
+  assert.deepEqual(downsampleMax(Float32Array.from([0.123456, 12345.6]), 2, 1, 64).data, [0.1235, 12350]);
 });
 
 test('anomaly overlay of a large map is at most 64x64', () => {
@@ -285,4 +286,12 @@ test('detection: malformed outputs are HeadErrors', () => {
   const bad = yolo([[1, 1, 1, 1, 1, 0]]);
   bad.data[2] = NaN;
   assert.throws(() => applyHead(h, 0.5, { boxes: bad }, same(100)), /output 'boxes' contains NaN at index 2/);
+});
+
+test('anomaly: a map full of specks reports the strongest MAX_DEFECTS regions only', () => {
+  // 30x30 checkerboard: 450 isolated cells (4-neighbour), values rising with the index.
+  const map = Array.from({ length: 900 }, (_, i) => ((Math.floor(i / 30) + (i % 30)) % 2 === 0 ? 1 + i / 1000 : 0));
+  const v = applyHead(anomalyHead(), 0.5, { score: tensor([1], [1]), map: tensor([1, 1, 30, 30], map) }, same(30));
+  assert.equal(v.defects.length, MAX_DEFECTS);
+  close(v.defects[0]!.score, 1 + 899 / 1000, 1e-6); // the last cell, (29, 29), is on the board
 });

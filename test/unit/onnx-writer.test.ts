@@ -5,6 +5,11 @@ import assert from 'node:assert/strict';
 import * as ort from 'onnxruntime-node';
 import { GraphBuilder } from '../../src/onnx/builder.js';
 import { encodeVarint, ProtoWriter } from '../../src/onnx/protobuf.js';
+import { readFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { applyHead, HeadError } from '../../src/inference/heads.js';
+import { buildModel, INPUT } from '../../src/models/build-film-demo.js';
+import { brightest, detections, nan, redness } from '../fixtures/models/index.js';
 
 const load = (g: GraphBuilder) => ort.InferenceSession.create(Buffer.from(g.toBytes()));
 
@@ -233,4 +238,82 @@ test('nodeMulti: Split into two named outputs runs', async () => {
   const out = await (await load(g)).run({ x: new ort.Tensor('float32', Float32Array.from([1, 2, 3, 4]), [4]) });
   assertClose(out.lo!.data as Float32Array, [1]);
   assertClose(out.hi!.data as Float32Array, [2, 3, 4]);
+});
+
+// ---- models built with the writer: the test fixtures and the film-demo bundle ------------------
+
+test('fixture models run and read through the heads as documented', async () => {
+  const run = async (b: { onnx: Uint8Array }, dims: number[], data: Float32Array) => {
+    const s = await ort.InferenceSession.create(Buffer.from(b.onnx));
+    const out = await s.run({ image: new ort.Tensor('float32', data, dims) });
+    return Object.fromEntries(Object.entries(out).map(([k, v]) => [k, { dims: [...v.dims], data: v.data as Float32Array }]));
+  };
+
+  const a = brightest();
+  const img = new Float32Array(32 * 24);
+  img[5 * 32 + 7] = 200 / 255;
+  const av = applyHead(a.manifest.head, 0.5, await run(a, [1, 1, 24, 32], img), { frameWidth: 32, frameHeight: 24, inputWidth: 32, inputHeight: 24 });
+  assert.equal(av.verdict, 'reject');
+  assert.deepEqual(av.defects.map((d) => d.box), [[7, 5, 1, 1]]);
+
+  const c = redness();
+  const red = new Float32Array(3 * 16 * 16);
+  red.fill(0.8, 0, 256); // red channel 0.8 → logit 10 * 0.3 = 3
+  const cv = applyHead(c.manifest.head, 0.5, await run(c, [1, 3, 16, 16], red), { frameWidth: 16, frameHeight: 16, inputWidth: 16, inputHeight: 16 });
+  assert.equal(cv.label, 'bad');
+  assert.ok(Math.abs(cv.score - 1 / (1 + Math.exp(-3))) < 1e-5);
+
+  const d = detections();
+  const geo = { frameWidth: 64, frameHeight: 64, inputWidth: 64, inputHeight: 64 };
+  const white = await run(d, [1, 1, 64, 64], new Float32Array(64 * 64).fill(1));
+  const dv = applyHead(d.manifest.head, 0.5, white, geo);
+  assert.deepEqual(dv.defects.map((x) => [x.class, x.box]), [['scratch', [12, 12, 8, 8]], ['dust', [42, 37, 12, 6]]]);
+  const dim = applyHead(d.manifest.head, 0.5, await run(d, [1, 1, 64, 64], new Float32Array(64 * 64).fill(0.5)), geo);
+  assert.ok(Math.abs(dim.score - 0.45) < 1e-6); // the strongest box: 0.9 * 0.5
+  assert.equal(dim.verdict, 'pass');
+
+  const n = nan();
+  assert.throws(() => applyHead(n.manifest.head, 0.5, {}, geo), HeadError);
+  const nv = await run(n, [1, 1, 24, 32], new Float32Array(32 * 24));
+  assert.throws(() => applyHead(n.manifest.head, 0.5, nv, geo), /output 'score' contains NaN/);
+});
+
+test('film-demo: the committed bundle is what the script builds, and its manifest matches the model', async () => {
+  const onnx = buildModel();
+  const committed = await readFile(new URL('../../models/film-demo/model.onnx', import.meta.url));
+  assert.ok(Buffer.compare(committed, Buffer.from(onnx)) === 0, 'models/film-demo/model.onnx is stale: run npx tsx src/models/build-film-demo.ts');
+  const manifest = JSON.parse(await readFile(new URL('../../models/film-demo/model.json', import.meta.url), 'utf8'));
+  assert.equal(manifest.sha256, createHash('sha256').update(onnx).digest('hex'));
+  assert.deepEqual(manifest.input, INPUT);
+  assert.equal(manifest.head.type, 'anomaly');
+  assert.ok(manifest.threshold > 0);
+
+  const session = await ort.InferenceSession.create(Buffer.from(onnx));
+  assert.deepEqual(session.inputNames, [INPUT.name]);
+  assert.deepEqual([...session.outputNames].sort(), [manifest.head.mapOutput, manifest.head.scoreOutput].sort());
+});
+
+test('film-demo: flat film scores 0; a dark speck scores its contrast (grey levels) at its place; the border is masked', async () => {
+  const session = await ort.InferenceSession.create(Buffer.from(buildModel()));
+  const [W, H] = [160, 120];
+  const frame = (speck?: [number, number]) => {
+    const img = new Float32Array(W * H).fill(200 / 255);
+    if (speck) for (const [dx, dy] of [[0, 0], [1, 0], [0, 1], [1, 1]]) img[(speck[1] + dy!) * W + speck[0] + dx!] = 140 / 255;
+    return session.run({ image: new ort.Tensor('float32', img, [1, 1, H, W]) });
+  };
+
+  const flat = await frame();
+  assert.ok(Math.abs((flat.score!.data as Float32Array)[0]!) < 1e-3);
+  assert.deepEqual(flat.map!.dims, [1, 1, 60, 80]);
+
+  // The 15x15 background mean includes the speck: 200 - 60 * 4 / 225; the speck sits 60 below 200.
+  const out = await frame([80, 60]);
+  const score = (out.score!.data as Float32Array)[0]!;
+  assert.ok(Math.abs(score - (60 - (60 * 4) / 225)) < 0.01, `score ${score}`);
+  const map = out.map!.data as Float32Array;
+  assert.equal(map.indexOf(Math.max(...map)), 30 * 80 + 40); // 2x2 max-pooled map
+
+  // In the 4-pixel border the speck itself is masked; only the blur's faint echo inside remains.
+  const edge = await frame([0, 60]);
+  assert.ok((edge.score!.data as Float32Array)[0]! < 5, 'a speck on the edge is ignored');
 });

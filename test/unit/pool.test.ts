@@ -90,7 +90,7 @@ const greyFrame = (size: number, value: number): Frame => ({
   source: 'test',
 });
 
-/** Waits (by yielding to the event loop) until cond holds; the bound only guards against a hang. */
+/** Waits (yielding to the event loop) until cond holds; the bound only guards against a hang. */
 async function until(cond: () => boolean, what: string): Promise<void> {
   for (let i = 0; i < 20_000 && !cond(); i++) await new Promise((r) => setTimeout(r, 1));
   assert.ok(cond(), `never happened: ${what}`);
@@ -210,27 +210,30 @@ test('an output the head cannot read is model_error, and the pool goes on servin
   await p.stop();
 });
 
-// ---- queueing ---------------------------------------------------------------------------------
+// ---- queueing (workers held by the test hook, so nothing depends on how long a model runs) ------
 
 test('a full queue refuses with overload; what was admitted completes', async () => {
-  const p = pool(heavy, { queueLimit: 1 });
+  const p = pool(small, { queueLimit: 1 });
   await p.start();
-  const running = p.inspect(greyFrame(HEAVY, 10));
+  p.testHook('hold');
+  const running = p.inspect(greyFrame(8, 10));
   await until(() => p.info().inFlight === 1, 'first frame in flight');
-  const waiting = p.inspect(greyFrame(HEAVY, 20));
+  const waiting = p.inspect(greyFrame(8, 20));
   await until(() => p.info().queued === 1, 'second frame queued');
 
-  const err = await rejection(p.inspect(greyFrame(HEAVY, 30)));
+  const err = await rejection(p.inspect(greyFrame(8, 30)));
   assert.equal(err.reason, 'overload');
   assert.match(err.message, /inference queue full \(1 waiting, limit 1\)/);
+  p.testHook('release');
   const [a, b] = await Promise.all([running, waiting]);
-  assert.ok(Math.abs(a.verdict.score - 10 / 255) < 1e-5);
-  assert.ok(Math.abs(b.verdict.score - 20 / 255) < 1e-5);
+  assert.ok(Math.abs(a.verdict.score - 10 / 255) < 1e-6);
+  assert.ok(Math.abs(b.verdict.score - 20 / 255) < 1e-6);
+  assert.ok(b.timings.queueMs > 0);
   await p.stop();
 });
 
 test('line parts go before API requests, and push them out of a full queue', async () => {
-  const p = pool(heavy, { queueLimit: 2 });
+  const p = pool(small, { queueLimit: 2 });
   await p.start();
   const done: string[] = [];
   const track = (name: string, r: Promise<InferenceResult>): Promise<unknown> =>
@@ -239,36 +242,43 @@ test('line parts go before API requests, and push them out of a full queue', asy
       (e: InferenceError) => done.push(`${name}:${e.reason}`),
     );
 
-  const first = track('api0', p.inspect(greyFrame(HEAVY, 1), { priority: 'api' }));
+  p.testHook('hold');
+  const api0 = track('api0', p.inspect(greyFrame(8, 1), { priority: 'api' }));
   await until(() => p.info().inFlight === 1, 'api0 in flight');
-  const api1 = track('api1', p.inspect(greyFrame(HEAVY, 2), { priority: 'api' }));
-  const api2 = track('api2', p.inspect(greyFrame(HEAVY, 3), { priority: 'api' }));
+  const api1 = track('api1', p.inspect(greyFrame(8, 2), { priority: 'api' }));
+  const api2 = track('api2', p.inspect(greyFrame(8, 3), { priority: 'api' }));
   await until(() => p.info().queued === 2, 'two API requests queued');
-  // Queue full: the line part takes the place of the newest API request.
-  const line = track('line', p.inspect(greyFrame(HEAVY, 4), { priority: 'line' }));
-  await Promise.all([first, api1, api2, line]);
+  // Queue full: the line part takes the place of the newest API request, and goes first.
+  const line = track('line', p.inspect(greyFrame(8, 4), { priority: 'line' }));
+  await until(() => done.length === 1, 'api2 pushed out');
+  p.testHook('release');
+  await Promise.all([api0, api1, api2, line]);
   assert.deepEqual(done, ['api2:overload', 'api0', 'line', 'api1']);
   await p.stop();
 });
 
 test('stop() rejects queued and in-flight requests; inspect after stop is refused', async () => {
-  const p = pool(heavy);
+  const p = pool(small);
   await p.start();
-  const a = rejection(p.inspect(greyFrame(HEAVY, 1)));
+  p.testHook('hold');
+  const a = rejection(p.inspect(greyFrame(8, 1)));
   await until(() => p.info().inFlight === 1, 'in flight');
-  const b = rejection(p.inspect(greyFrame(HEAVY, 2)));
+  const b = rejection(p.inspect(greyFrame(8, 2)));
   await until(() => p.info().queued === 1, 'queued');
   await p.stop();
   for (const err of await Promise.all([a, b])) assert.match(err.message, /inference pool stopped/);
-  assert.match((await rejection(p.inspect(greyFrame(HEAVY, 3)))).message, /not running/);
+  assert.match((await rejection(p.inspect(greyFrame(8, 3)))).message, /not running/);
 });
 
-test('two workers run two frames at once', async () => {
-  const p = pool(heavy, { workers: 2 });
+test('two workers take two frames at once', async () => {
+  const p = pool(small, { workers: 2 });
   await p.start();
   assert.equal(p.info().workers, 2);
-  const both = Promise.all([p.inspect(greyFrame(HEAVY, 1)), p.inspect(greyFrame(HEAVY, 2))]);
+  p.testHook('hold');
+  const both = Promise.all([p.inspect(greyFrame(8, 1)), p.inspect(greyFrame(8, 2))]);
   await until(() => p.info().inFlight === 2, 'both in flight');
+  assert.equal(p.info().queued, 0);
+  p.testHook('release');
   assert.equal((await both).length, 2);
   await p.stop();
 });
@@ -280,7 +290,7 @@ for (const how of ['exit', 'throw'] as const) {
     const log = memoryLogger();
     const p = pool(small, { log });
     await p.start();
-    p.crashNextForTest(how);
+    p.testHook(`crash-${how}`);
     const err = await rejection(p.inspect(greyFrame(8, 100)));
     assert.equal(err.reason, 'worker_crash');
     assert.match(err.message, how === 'exit' ? /exited with code 3/ : /crash requested by test hook/);
