@@ -443,7 +443,9 @@ class Line : public Napi::ObjectWrap<Line> {
                        {
                            InstanceMethod("getValue", &Line::GetValue),
                            InstanceMethod("getValueAsync", &Line::GetValueAsync),
-XX, &Line::Watch),
+                           InstanceMethod("setValue", &Line::SetValue),
+                           InstanceMethod("setValueAsync", &Line::SetValueAsync),
+                           InstanceMethod("watch", &Line::Watch),
                            InstanceMethod("unwatch", &Line::Unwatch),
                            InstanceMethod("schedulePulse", &Line::SchedulePulse),
                            InstanceMethod("cancelPulses", &Line::CancelPulses),

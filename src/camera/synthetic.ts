@@ -430,25 +430,33 @@ export function renderFilmFrame(opts: FilmOptions, index: number): FilmFrame {
 
 /** Frames per second over the recent past, on the monotonic clock. */
 export class FpsMeter {
-  private times: bigint[] = [];
+  // A fixed ring (O(1) per frame even at thousands of fps); at high rates it spans less than the window.
+  private readonly times = new BigInt64Array(1024);
+  private head = 0; // next write
+  private count = 0;
   constructor(
     private readonly clock: Clock,
     private readonly windowMs = 2000,
   ) {}
   tick(): void {
-    this.times.push(this.clock.nowNs());
-    if (this.times.length > 240) this.times.shift();
+    this.times[this.head] = this.clock.nowNs();
+    this.head = (this.head + 1) % this.times.length;
+    if (this.count < this.times.length) this.count++;
   }
   fps(): number {
     const cutoff = this.clock.nowNs() - msToNs(this.windowMs);
-    while (this.times.length && this.times[0]! < cutoff) this.times.shift();
-    const n = this.times.length;
+    const size = this.times.length;
+    const last = this.times[(this.head - 1 + size) % size]!;
+    // Oldest sample still inside the window.
+    let n = this.count;
+    while (n > 0 && this.times[(this.head - n + size) % size]! < cutoff) n--;
     if (n < 2) return 0;
-    const spanNs = this.times[n - 1]! - this.times[0]!;
-    return spanNs > 0n ? ((n - 1) * 1e9) / Number(spanNs) : 0;
+    const first = this.times[(this.head - n + size) % size]!;
+    return last > first ? ((n - 1) * 1e9) / Number(last - first) : 0;
   }
   reset(): void {
-    this.times = [];
+    this.head = 0;
+    this.count = 0;
   }
 }
 

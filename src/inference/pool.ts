@@ -125,7 +125,7 @@ export class InferencePool implements Inspector {
   async stop(): Promise<void> {
     if (this.state === 'stopped') return;
     this.state = 'stopped';
-    const stopped = (): InferenceError => new InferenceError('inference pool stopped', 'overload');
+    const stopped = (): InferenceError => new InferenceError('inference pool stopped', 'stopping');
     for (const job of this.queues.line.splice(0)) job.reject(stopped());
     for (const job of this.queues.api.splice(0)) job.reject(stopped());
     for (const slot of this.slots) {
@@ -143,7 +143,7 @@ export class InferencePool implements Inspector {
     const t0 = process.hrtime.bigint();
     const prepared = await prepareInput(frame, manifest.input);
     const preMs = msSince(t0);
-    if (this.state !== 'running') throw new InferenceError('inference pool stopped', 'overload');
+    if (this.state !== 'running') throw new InferenceError('inference pool stopped', 'stopping');
 
     return new Promise<InferenceResult>((resolve, reject) => {
       const job: Job = { id: this.nextId++, priority, ...prepared, preMs, queuedAt: process.hrtime.bigint(), resolve, reject };

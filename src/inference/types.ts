@@ -92,7 +92,7 @@ export interface ModelManifest {
 
 // ---- The inspector (what the line sees of inference) -------------------------------------------
 
-export type InferenceFailure = 'bad_frame' | 'model_error' | 'worker_crash' | 'overload';
+export type InferenceFailure = 'bad_frame' | 'model_error' | 'worker_crash' | 'overload' | 'stopping';
 
 export class InferenceError extends Error {
   constructor(

@@ -122,6 +122,8 @@ async function main(): Promise<void> {
   let failed: ProviderFailure[] = [];
   try {
     ({ session, provider, failed } = await createSession());
+    // onnxruntime holds its own copy now; let this one (possibly hundreds of MB) be collected.
+    (init as { model: Uint8Array | null }).model = null;
     checkModelIO(manifest, session);
   } catch (err) {
     send({ type: 'init-error', message: message(err), failed: (err as { failed?: ProviderFailure[] }).failed ?? failed });

@@ -72,6 +72,8 @@ export interface MqttStats {
   url: string;
   clientId: string;
   prefix: string;
+  /** The cmd/# subscription is acknowledged: commands are being received. */
+  commandsReady: boolean;
   connects: number;
   disconnects: number;
   /** Records acknowledged by the broker (PUBACK). */
@@ -106,6 +108,7 @@ export class MqttPublisher {
   private prefix = '';
   private clientId = '';
   private connected = false;
+  private commandsReady = false;
   /** Bumped on every connect and close: callbacks from an older connection are recognised. */
   private epoch = 0;
   private readonly inflight = new Set<number>();
@@ -238,6 +241,8 @@ export class MqttPublisher {
     client.subscribe(this.t!.commands, { qos: 0 }, (err, granted) => {
       if (err || granted?.some((g) => g.qos === 128)) {
         this.log.error('cannot subscribe to commands: check the broker ACL allows it', { topic: this.t!.commands, error: err?.message });
+      } else if (this.connected) {
+        this.commandsReady = true;
       }
     });
     void this.sendStatus();
@@ -250,6 +255,7 @@ export class MqttPublisher {
     const client = this.client;
     const was = this.connected;
     this.connected = false;
+    this.commandsReady = false;
     this.epoch++;
     if (was) {
       this.counters.disconnects++;
@@ -581,6 +587,7 @@ export class MqttPublisher {
       url: safeUrl(this.opts.cfg.url),
       clientId: this.clientId,
       prefix: this.prefix,
+      commandsReady: this.commandsReady,
       connects: this.counters.connects,
       disconnects: this.counters.disconnects,
       published: this.counters.published,

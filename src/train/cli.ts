@@ -2,6 +2,7 @@
 // configuration error (nothing was run).
 import path from 'node:path';
 import { Value } from '@sinclair/typebox/value';
+import { loadBundle } from '../inference/index.js';
 import { createLogger, type Logger } from '../log.js';
 import { DatasetError, scanDataset } from './dataset.js';
 import { loadTrainConfig, TrainConfigError, TrainConfigSchema } from './config.js';
@@ -123,7 +124,6 @@ export async function evalCommand(args: string[], opts: { progress?: ProgressFn 
   try {
     const { manifest: dataset, samples } = await scanDataset(data, { log, progress });
     const modelDir = path.resolve(model);
-    const { loadBundle } = await import('../inference/index.js');
     const { manifest } = await loadBundle(modelDir);
     const stamp = new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').slice(0, 15);
     const outDir = path.resolve(out ?? path.join('runs', `eval-${manifest.name}-${stamp}`));

@@ -31,7 +31,7 @@ import {
 } from './metrics.js';
 import { heatmapPng, histogram } from './plots.js';
 import { rocForJson, writeReport, type HeatmapFigure, type ReportData, type ScoredImage } from './report.js';
-import { resolveTrainConfig, parseTrainConfig, type ResolvedTrainConfig, type TrainConfig } from './config.js';
+import { parseTrainConfig, resolveTrainConfig, TrainConfigError, type ResolvedTrainConfig, type TrainConfig } from './config.js';
 import type { FitResult, Sample, TrainMethod } from './types.js';
 
 export type StageName = 'collect' | 'preprocess' | 'train' | 'evaluate' | 'build';
@@ -599,6 +599,13 @@ export async function runTraining(rc: ResolvedTrainConfig, opts: TrainOptions = 
   const progress: ProgressFn | undefined = opts.progress === false ? undefined : (opts.progress ?? createProgress());
   const cfg = rc.config;
 
+  // A misspelt method fails now, not after the dataset scan.
+  const methods = opts.methods ?? (await defaultMethods());
+  const method = methods[cfg.method];
+  if (!method) {
+    throw new TrainConfigError(`method: unknown training method '${cfg.method}' (known: ${Object.keys(methods).sort().join(', ') || 'none'})`);
+  }
+
   // The run folder.
   let runDir: string;
   let runId: string;
@@ -625,7 +632,12 @@ export async function runTraining(rc: ResolvedTrainConfig, opts: TrainOptions = 
   const collectInputs =
     cfg.dataset.source === 'folder'
       ? { source: 'folder', dir: rc.datasetDir, fingerprint: await folderFingerprint(rc.datasetDir).catch(() => 'missing') }
-      : { source: 'synthetic', synthetic: cfg.dataset.synthetic, generator: 'renderFilmFrame' };
+      : {
+          source: 'synthetic',
+          synthetic: cfg.dataset.synthetic,
+          // One frame rendered now: a changed generator changes this hash and so re-renders the set.
+          probe: sha256Hex(renderFilmFrame({ ...cfg.dataset.synthetic }, cfg.dataset.synthetic.firstIndex).data),
+        };
   const dataset = await run.stage(
     'collect',
     collectInputs,
@@ -688,9 +700,6 @@ export async function runTraining(rc: ResolvedTrainConfig, opts: TrainOptions = 
       seed: cfg.seed,
     },
     async () => {
-      const methods = opts.methods ?? (await defaultMethods());
-      const method = methods[cfg.method];
-      if (!method) throw new Error(`method: unknown training method '${cfg.method}' (known: ${Object.keys(methods).sort().join(', ') || 'none'})`);
       await rm(fitDir, { recursive: true, force: true });
       await mkdir(path.join(fitDir, 'work'), { recursive: true });
       const res = await method.fit(trainSet, {

@@ -81,6 +81,8 @@ details{margin:8px 0}`;
 export async function renderHtml(data: ReportData, dir: string): Promise<string> {
   const m = data.metrics.test;
   const t = data.threshold;
+  // 'test' for a training run (held-out split), 'all images' for eval on a whole folder.
+  const set = data.scores.some((s) => s.split === 'all') ? 'all images' : 'test';
   const parts: string[] = [];
   parts.push(`<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">`);
   parts.push(`<title>${esc(data.title)}</title><style>${CSS}</style></head><body>`);
@@ -89,19 +91,19 @@ export async function renderHtml(data: ReportData, dir: string): Promise<string>
     `<p class="sub">Model <code>${esc(data.model.name)} ${esc(data.model.version)}</code> (sha256 <code>${esc(data.model.sha256.slice(0, 16))}…</code>) · dataset <code>${esc(data.dataset.root)}</code> · ${esc(data.createdAt)}</p>`,
   );
   const cards: [string, string][] = [
-    [num(m.auroc), 'image AUROC (test)'],
+    [num(m.auroc), `image AUROC (${set})`],
     [pct(m.recall), 'recall at threshold (defects rejected)'],
     [pct(m.frr), 'false-reject rate (good rejected)'],
     [num(t.value, 6), t.source === 'calibrated' ? `threshold (val FRR ≤ ${pct(t.targetFrr ?? NaN)})` : 'threshold (from the bundle)'],
   ];
   const px = data.metrics.pixel;
   if (px) {
-    cards.push([num(px.auroc), 'pixel AUROC (test)']);
+    cards.push([num(px.auroc), `pixel AUROC (${set})`]);
     cards.push([num(px.pro), `PRO (FPR ≤ ${px.proFprLimit})`]);
   }
   parts.push(`<div class="cards">${cards.map(([v, l]) => `<div class="card"><b>${esc(v)}</b><span>${esc(l)}</span></div>`).join('')}</div>`);
   parts.push(
-    `<p>Test set: ${m.n.good} good and ${m.n.defective} defective images. A part is rejected when its score is at or above the threshold, exactly as the agent decides.</p>`,
+    `<p>${set === 'test' ? 'Test split' : 'All images'}: ${m.n.good} good and ${m.n.defective} defective images. A part is rejected when its score is at or above the threshold, exactly as the agent decides.</p>`,
   );
   if (t.calibration) {
     parts.push(
@@ -113,7 +115,7 @@ export async function renderHtml(data: ReportData, dir: string): Promise<string>
   const rocMark = data.figures.roc.length ? { x: m.frr, y: m.recall, label: 'threshold' } : undefined;
   parts.push(
     curveSvg({
-      title: 'ROC curve (test, image level)',
+      title: `ROC curve (${set}, image level)`,
       xLabel: 'false-reject rate (good rejected)',
       yLabel: 'recall (defects rejected)',
       points: data.figures.roc.map((p) => ({ x: p.fpr, y: p.tpr })),
@@ -122,11 +124,11 @@ export async function renderHtml(data: ReportData, dir: string): Promise<string>
       legend: `AUROC ${num(m.auroc)}`,
     }),
   );
-  parts.push(histogramSvg(data.figures.histogram, 'Test scores: good vs defective'));
+  parts.push(histogramSvg(data.figures.histogram, `Scores (${set}): good vs defective`));
   if (data.figures.pro && px) {
     parts.push(
       curveSvg({
-        title: 'PRO curve (test, pixel level)',
+        title: `PRO curve (${set}, pixel level)`,
         xLabel: 'false-positive rate (good pixels)',
         yLabel: 'per-region overlap',
         points: data.figures.pro.map((p) => ({ x: p.fpr, y: p.pro })),
@@ -137,11 +139,11 @@ export async function renderHtml(data: ReportData, dir: string): Promise<string>
   }
   parts.push(`</div>`);
 
-  parts.push(`<h2>Recall per defect class (test)</h2>`);
+  parts.push(`<h2>Recall per defect class (${set})</h2>`);
   const per = Object.entries(m.recallPerClass);
-  parts.push(per.length ? table(['class', 'images', 'rejected', 'recall'], per.map(([k, v]) => [esc(k), v.n, v.rejected, pct(v.recall)])) : '<p>No defective test images.</p>');
+  parts.push(per.length ? table(['class', 'images', 'rejected', 'recall'], per.map(([k, v]) => [esc(k), v.n, v.rejected, pct(v.recall)])) : '<p>No defective images.</p>');
 
-  parts.push(`<h2>Confusion matrix (test)</h2>`);
+  parts.push(`<h2>Confusion matrix (${set})</h2>`);
   parts.push(table(['truth \\ verdict', 'pass', 'reject'], m.confusion.labels.map((l, i) => [esc(l), m.confusion.counts[i]![0], m.confusion.counts[i]![1]])));
   parts.push(
     table(
@@ -154,7 +156,7 @@ export async function renderHtml(data: ReportData, dir: string): Promise<string>
   );
 
   if (px) {
-    parts.push(`<h2>Pixel level (test)</h2>`);
+    parts.push(`<h2>Pixel level (${set})</h2>`);
     parts.push(
       table(
         ['pixels', 'defect pixels', 'defect regions', 'pixel AUROC', `PRO (FPR ≤ ${px.proFprLimit})`],
@@ -165,7 +167,7 @@ export async function renderHtml(data: ReportData, dir: string): Promise<string>
   }
 
   if (data.figures.heatmaps.length) {
-    parts.push(`<h2>Example heatmaps (defective test images)</h2><div class="heat">`);
+    parts.push(`<h2>Example heatmaps (defective images, ${set})</h2><div class="heat">`);
     for (const h of data.figures.heatmaps) {
       let src = '';
       try {
@@ -184,7 +186,7 @@ export async function renderHtml(data: ReportData, dir: string): Promise<string>
   const test = data.scores.filter((s) => s.split === 'test' || s.split === 'all');
   const falseRejects = test.filter((s) => s.isGood && s.score >= t.value).sort((a, b) => b.score - a.score);
   const misses = test.filter((s) => !s.isGood && s.score < t.value).sort((a, b) => a.score - b.score);
-  parts.push(`<h2>Mistakes (test)</h2>`);
+  parts.push(`<h2>Mistakes (${set})</h2>`);
   const list = (title: string, xs: ScoredImage[]): string =>
     `<details${xs.length ? ' open' : ''}><summary>${esc(title)}: ${xs.length}</summary>${
       xs.length ? table(['file', 'class', 'score'], xs.slice(0, 20).map((s) => [`<code>${esc(s.file)}</code>`, esc(s.label), num(s.score, 6)])) : ''

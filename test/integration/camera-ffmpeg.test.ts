@@ -37,7 +37,7 @@ let fake: string;
 const FAKE = String.raw`
 const fs = require('node:fs');
 const args = process.argv.slice(2);
-const opt = (name) => args[args.indexOf(name) + 1];
+const opt = (name) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
 const [w, h] = opt('-vf').replace('scale=', '').split(':').map(Number);
 const size = w * h * (opt('-pix_fmt') === 'gray' ? 1 : 3);
 const state = opt('-state');
@@ -56,7 +56,8 @@ const write = (b) => new Promise((r) => process.stdout.write(b, r));
   for (let i = 0; i + 1 < cuts.length; i++) { await write(two.subarray(cuts[i], cuts[i + 1])); await sleep(5); }
   if (mode === 'exit') { process.stderr.write('fake: opening the device\nfake: device gone\n'); process.exit(1); }
   if (mode === 'flow') {
-    for (let n = 2; n < 60; n++) { await write(frame(n)); await sleep(10); }
+    const until = Date.now() + Number(opt('-flowMs') ?? 600);
+    for (let n = 2; Date.now() < until; n++) { await write(frame(n)); await sleep(10); }
     process.stderr.write('fake: end of stream\n');
     process.exit(0);
   }
@@ -93,10 +94,10 @@ const alive = (pid: number): boolean => {
 };
 
 let fakeRun = 0;
-function fakeCfg(plan: string, over: Partial<Cfg> = {}): { cfg: Cfg; pids: () => Promise<number[]> } {
+function fakeCfg(plan: string, over: Partial<Cfg> = {}, flowMs = 600): { cfg: Cfg; pids: () => Promise<number[]> } {
   const state = path.join(dir, `state-${++fakeRun}`);
   return {
-    cfg: { ...base, ffmpegPath: fake, input: 'fake', inputArgs: ['-plan', plan, '-state', state], ...over },
+    cfg: { ...base, ffmpegPath: fake, input: 'fake', inputArgs: ['-plan', plan, '-state', state, '-flowMs', String(flowMs)], ...over },
     pids: async () =>
       existsSync(state) ? (await readFile(state, 'utf8')).trim().split('\n').map(Number) : [],
   };
@@ -235,7 +236,8 @@ test('real ffmpeg, input that ends: restarted, frames again', async () => {
 });
 
 test('fake ffmpeg that hangs: stall detected, alarm, old process killed, restarted, frames again', async () => {
-  const { cfg, pids } = fakeCfg('sleep', { stallTimeoutMs: 300, width: 33, height: 7 });
+  // Stall timeouts here leave room for node itself to start on a busy machine.
+  const { cfg, pids } = fakeCfg('sleep', { stallTimeoutMs: 1500, width: 33, height: 7 });
   const log = memoryLogger();
   const alarms: [string, string][] = [];
   const src = new FfmpegSource(cfg, { clock: new SystemClock(), log, onAlarm: (k, m) => alarms.push([k, m]) });
@@ -255,7 +257,7 @@ test('fake ffmpeg that hangs: stall detected, alarm, old process killed, restart
     const s = src.stats();
     assert.ok(s.stalls >= 1 && s.restarts >= 1);
     assert.equal(alarms[0]![0], 'camera_stall');
-    assert.match(alarms[0]![1], /no frame from ffmpeg for 300 ms/);
+    assert.match(alarms[0]![1], /no frame from ffmpeg for 1500 ms/);
     assert.equal(errors[0]!.reason, 'camera');
     const [first] = await pids();
     await waitFor('the stalled process to die', () => !alive(first!));
@@ -265,12 +267,16 @@ test('fake ffmpeg that hangs: stall detected, alarm, old process killed, restart
   const all = await pids();
   for (const pid of all) assert.ok(!alive(pid), `pid ${pid} killed`);
   const count = all.length;
-  await new Promise((r) => setTimeout(r, 800)); // > stallTimeoutMs + restartMaxMs
+  await new Promise((r) => setTimeout(r, 600)); // > restartMaxMs
   assert.equal((await pids()).length, count, 'never restarted after stop()');
 });
 
 test('fake ffmpeg that dies: restarted with exponential backoff, reset once frames flow again', async () => {
-  const { cfg, pids } = fakeCfg('exit,exit,exit,flow,exit', { stallTimeoutMs: 200, restartMinMs: 40, restartMaxMs: 120, colour: 'gray', width: 16, height: 16 });
+  const { cfg, pids } = fakeCfg(
+    'exit,exit,exit,flow,exit',
+    { stallTimeoutMs: 1500, restartMinMs: 40, restartMaxMs: 120, colour: 'gray', width: 16, height: 16 },
+    2000,
+  );
   const log = memoryLogger();
   const alarms: string[] = [];
   const src = new FfmpegSource(cfg, { clock: new SystemClock(), log, onAlarm: (k) => alarms.push(k) });
@@ -290,20 +296,21 @@ test('fake ffmpeg that dies: restarted with exponential backoff, reset once fram
   assert.match(String(exitLog?.msg), /fake: device gone$/);
   assert.deepEqual(exitLog?.stderr, ['fake: opening the device', 'fake: device gone']);
   assert.ok(frames.every((f) => f.channels === 1 && f.data.length === 256));
-  assert.ok(frames.length >= 2 + 2 + 2 + 60 + 2, `${frames.length} frames`);
+  const fromFlow = frames.slice(6).filter((f) => f.data[0] === ((3 * 50 + (f.seq - 6) * 7) & 255));
+  assert.ok(fromFlow.length > 10, 'the flowing process streamed frames in order');
+  assert.ok(frames.length >= 2 + 2 + 2 + fromFlow.length + 2, `${frames.length} frames`);
   expectFrame(frames[6]!, 3, 0);
-  expectFrame(frames[6 + 59]!, 3, 59);
 });
 
 test('grab() with no frame coming rejects after stallTimeoutMs; stop() during a restart backoff', async () => {
-  const { cfg, pids } = fakeCfg('sleep', { stallTimeoutMs: 300, restartMinMs: 60_000, width: 16, height: 16 });
+  const { cfg, pids } = fakeCfg('sleep', { stallTimeoutMs: 1500, restartMinMs: 60_000, width: 16, height: 16 });
   const log = memoryLogger();
   const src = new FfmpegSource(cfg, { clock: new SystemClock(), log });
   let n = 0;
   src.onFrame(() => n++);
   await src.start();
   await waitFor('two frames', () => n >= 2);
-  await assert.rejects(src.grab(), (e: unknown) => e instanceof FrameError && e.reason === 'camera' && /within 300 ms/.test(e.message));
+  await assert.rejects(src.grab(), (e: unknown) => e instanceof FrameError && e.reason === 'camera' && /within 1500 ms/.test(e.message));
   await waitFor('the stall', () => src.stats().stalls === 1);
   assert.equal(src.stats().errors, 1, 'the failed grab');
   await src.stop(); // the restart is 60 s away: stop() must cancel it and return at once

@@ -118,7 +118,8 @@ test('free-run demo line: every part is published with its verdict, rejects and 
       if (p.verdict?.verdict === 'reject') assert.equal(p.action, 'divert');
     }
     assert.equal(new Set(parts.map((p) => p.id)).size, parts.length, 'part ids unique');
-    checkPulses(r.gpio, parts, 25);
+    // Generous: this is behaviour (the pulse belongs to this part), not timing; bench/ measures timing.
+    checkPulses(r.gpio, parts, 60);
     const states = sub.status.map((s) => s.state);
     assert.ok(states.includes('online'), `status online seen (${states.join(',')})`);
     assert.equal(states.at(-1), 'offline');
@@ -163,7 +164,7 @@ test('replay folder with a corrupt image: that part is diverted bad_frame and th
     assert.equal(msg.reason, 'bad_frame');
     // The parts after the corrupt one got real verdicts.
     assert.ok(first5.filter((p) => !p.failSafe).length === 4);
-    checkPulses(r.gpio, first5, 25);
+    checkPulses(r.gpio, first5, 60);
   } finally {
     await r.agent.stop();
     await sub.client.endAsync();

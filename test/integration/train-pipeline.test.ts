@@ -13,7 +13,7 @@ import { InferencePool, decodeImageFile, loadBundle } from '../../src/inference/
 import { silentLogger } from '../../src/log.js';
 import { parseTrainConfig, resolveTrainConfig, type ResolvedTrainConfig } from '../../src/train/config.js';
 import { rejectRate } from '../../src/train/metrics.js';
-import { runTraining, type TrainResult } from '../../src/train/pipeline.js';
+import { createProgress, runTraining, type TrainResult } from '../../src/train/pipeline.js';
 import { evalCommand, trainCommand } from '../../src/train/cli.js';
 import type { FitResult, Sample, TrainMethod } from '../../src/train/types.js';
 
@@ -334,6 +334,11 @@ describe('train and eval commands', () => {
     assert.equal(bad.code, 2);
     assert.match(bad.err, /targetFrr: /);
 
+    await writeFile(file, 'dataset:\n  dir: data\nmethod: nonesuch\noutput:\n  name: cmd\nrunDir: runs\n');
+    const unknown = await capture(() => trainCommand(['-c', file], { ...quiet, methods: { mad: madMethod() } }));
+    assert.equal(unknown.code, 2);
+    assert.match(unknown.err, /method: unknown training method 'nonesuch' \(known: mad\)/);
+
     const usage = await capture(() => trainCommand(['--bogus'], quiet));
     assert.equal(usage.code, 2);
     assert.match(usage.err, /usage: linesight train/);
@@ -365,5 +370,31 @@ describe('train and eval commands', () => {
 
     const missing = await capture(() => evalCommand(['--model', path.join(tmp, 'models', 'tiny')], quiet));
     assert.equal(missing.code, 2);
+  });
+});
+
+describe('progress', () => {
+  const stream = (isTTY: boolean) => {
+    const chunks: string[] = [];
+    return { isTTY, columns: 80, chunks, write: (s: string) => (chunks.push(s), true) } as unknown as NodeJS.WriteStream & { chunks: string[] };
+  };
+
+  it('draws a bar on a TTY, redrawn in place and ended by a newline', () => {
+    const s = stream(true);
+    const p = createProgress(s);
+    for (let i = 1; i <= 200; i++) p(i, 200, 'score test');
+    assert.ok(s.chunks.every((c) => c === '\n' || c.startsWith('\r')));
+    assert.ok(s.chunks.length <= 102, `redrawn only when the percentage changes (${s.chunks.length})`);
+    assert.match(s.chunks.at(-2)!, /score test \[#+\] 200\/200 100%/);
+    assert.equal(s.chunks.at(-1), '\n');
+  });
+
+  it('writes plain lines at every 10 % otherwise', () => {
+    const s = stream(false);
+    const p = createProgress(s);
+    for (let i = 1; i <= 50; i++) p(i, 50, 'scan');
+    // The first call announces the stage, then one line per 10 %.
+    const expected = ['scan: 1/50 (0%)\n', ...[5, 10, 15, 20, 25, 30, 35, 40, 45, 50].map((n) => `scan: ${n}/50 (${n * 2}%)\n`)];
+    assert.deepEqual(s.chunks, expected);
   });
 });

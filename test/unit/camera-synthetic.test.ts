@@ -244,3 +244,31 @@ test('render time of a 320x240 frame (reported, not asserted)', () => {
   const ms = Number(process.hrtime.bigint() - t0) / 1e6 / n;
   console.log(`# renderFilmFrame 320x240: ${ms.toFixed(2)} ms/frame`);
 });
+
+test('createFrameSource picks the source named by cfg.source, constructing without side effects', async () => {
+  const { createFrameSource } = await import('../../src/camera/index.js');
+  const { ReplaySource } = await import('../../src/camera/replay.js');
+  const { FfmpegSource } = await import('../../src/camera/ffmpeg.js');
+  const { silentLogger } = await import('../../src/log.js');
+  const clock = new FakeClock();
+  const camera = {
+    source: 'synthetic' as 'synthetic' | 'replay' | 'ffmpeg',
+    synthetic: cfg,
+    replay: { dir: '/nonexistent', order: 'sorted' as const, loop: true, seed: 1, fps: 4, colour: 'rgb' as const },
+    ffmpeg: {
+      input: 'x', inputArgs: [], width: 64, height: 48, colour: 'rgb' as const, ffmpegPath: '/nonexistent/ffmpeg',
+      stallTimeoutMs: 2000, restartMinMs: 250, restartMaxMs: 10000,
+    },
+  };
+  const deps = { clock, log: silentLogger };
+  const syn = createFrameSource(camera, deps);
+  assert.ok(syn instanceof SyntheticSource);
+  await syn.start();
+  assert.deepEqual((await syn.grab()).truth, renderFilmFrame(cfg, 0).truth);
+  await syn.stop();
+  assert.ok(createFrameSource({ ...camera, source: 'replay' }, deps) instanceof ReplaySource);
+  const ff = createFrameSource({ ...camera, source: 'ffmpeg' }, deps);
+  assert.ok(ff instanceof FfmpegSource);
+  assert.equal(ff.name, 'ffmpeg');
+  assert.equal(clock.pending(), 0, 'constructors start nothing');
+});

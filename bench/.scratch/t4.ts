@@ -1,0 +1,10 @@
+import { ensureModel } from '../models.js';
+import { InferenceSession, Tensor } from 'onnxruntime-node';
+import { readFileSync } from 'node:fs';
+const m = ensureModel('yolov8n', undefined, console.log);
+const s = await InferenceSession.create(readFileSync(m.dir + '/model.onnx'), { intraOpNumThreads: 1 });
+const data = new Float32Array(3 * 640 * 640).map(() => Math.random());
+const out = await s.run({ images: new Tensor('float32', data, [1, 3, 640, 640]) });
+const d = out.output0!.data as Float32Array; const N = 8400;
+const sc: number[] = []; for (let n = 0; n < N; n++) for (let k = 4; k < 8; k++) sc.push(d[k * N + n]!);
+sc.sort((a, b) => b - a); console.log(sc.slice(0, 20), sc[Math.floor(sc.length / 2)]);
