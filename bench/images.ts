@@ -5,6 +5,7 @@ import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs'
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { renderFilmFrame } from '../src/camera/synthetic.js';
+import type { Frame } from '../src/part.js';
 import { defaultCacheDir } from './models.js';
 
 export const IMAGE_COUNT = 24;
@@ -29,3 +30,21 @@ export async function ensureImages(width: number, height: number, cacheDir = def
   renameSync(staging, dir);
   return { dir, files: list() };
 }
+
+/** The replay camera's decode (src/camera/replay.ts), file to raw frame. */
+export async function decodeLikeReplay(file: string, gray: boolean, seq: number): Promise<Frame> {
+  let img = sharp(file, { failOn: 'warning' }).autoOrient().removeAlpha();
+  img = gray ? img.grayscale() : img.toColourspace('srgb');
+  const { data, info } = await img.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+  return {
+    seq,
+    timeNs: process.hrtime.bigint(),
+    width: info.width,
+    height: info.height,
+    channels: gray ? 1 : 3,
+    data: new Uint8Array(data.buffer, data.byteOffset, data.length),
+    source: 'replay',
+    file,
+  };
+}
+

@@ -8,7 +8,12 @@ import { createFrameSource } from './camera/index.js';
 import type { FrameSource } from './camera/types.js';
 import { createGpioBinding } from './gpio/index.js';
 import type { GpioBinding, GpioOutput, LineSpec } from './gpio/types.js';
+import { join } from 'node:path';
 import { InferencePool } from './inference/index.js';
+import { ModelCache } from './models/cache.js';
+import { ModelManager, type ShadowVerdict } from './models/manager.js';
+import { ModelStore } from './models/registry.js';
+import { readPublicKey } from './models/sign.js';
 import type { Inspector } from './inference/types.js';
 import { DivertScheduler } from './line/divert.js';
 import { InspectionLoop, travelMs, type TriggerInput } from './line/loop.js';
@@ -54,6 +59,7 @@ export interface AgentStatus {
   agentVersion: string;
   uptimeS: number;
   model?: { name: string; version: string; sha256: string };
+  models?: ReturnType<ModelManager['versions']>;
   provider?: string;
   camera: string;
   trigger: string;
@@ -74,6 +80,8 @@ export class Agent {
   private gpio?: GpioBinding;
   private source?: FrameSource;
   private inspector?: Inspector;
+  /** The same object as inspector: swaps, shadow, rollback, versions. */
+  models?: ModelManager;
   private divert?: DivertScheduler;
   private divertOut?: GpioOutput;
   private readyOut?: GpioOutput;
@@ -138,15 +146,33 @@ export class Agent {
       this.stackLight = new StackLight(this.stackOutputs, { buzzerAfterRejects: sl.buzzerAfterRejects, degraded: () => this.degraded() });
       this.stackLight.start(this.bus);
 
-      const inspector = (this.inspector = new InferencePool({
-        modelDir: cfg.model.path,
-        providers: cfg.model.providers,
-        workers: cfg.model.workers,
-        intraOpThreads: cfg.model.intraOpThreads,
-        queueLimit: cfg.model.queueLimit,
-        log: log.child({ mod: 'inference' }),
+      const m = cfg.model;
+      const modelLog = log.child({ mod: 'models' });
+      const store = new ModelStore({
+        registry: m.registry || undefined,
+        bundledDir: m.bundledDir,
+        cache: new ModelCache({ dir: m.cacheDir || join(cfg.station.stateDir, 'models'), maxBytes: m.cacheMaxBytes, log: modelLog }),
+        publicKey: m.publicKey ? await readPublicKey(m.publicKey) : undefined,
+        timeoutMs: m.pullTimeoutMs,
+        registryHeaders: m.registryToken ? { authorization: `Bearer ${m.registryToken}` } : undefined,
+        log: modelLog,
+      });
+      const models = (this.models = new ModelManager({
+        createPool: (modelDir) =>
+          new InferencePool({ modelDir, providers: m.providers, workers: m.workers, intraOpThreads: m.intraOpThreads, queueLimit: m.queueLimit, log: log.child({ mod: 'inference' }) }),
+        log: modelLog,
+        bus: this.bus,
+        store,
+        initial: m.ref ?? m.path,
+        rollback: m.rollback.window > 0 ? m.rollback : undefined,
+        onShadow: (r) => this.onShadow(r),
+        onChange: () => void this.publishStatus(),
       }));
+      const inspector = (this.inspector = models);
       await inspector.start();
+      // Every decided part feeds the automatic rollback and names shadow verdicts.
+      this.unsub.push(this.bus.on('decided', (p) => models.record(p)));
+      if (m.shadow) await models.setShadow(m.shadow.ref, { everyN: m.shadow.everyN });
       const info = inspector.info();
       log.info('model loaded', { model: info.model, provider: info.provider, workers: info.workers });
 
@@ -241,6 +267,12 @@ export class Agent {
     }
   }
 
+  /** A shadow verdict: published for comparison, never acted on. */
+  private onShadow(r: ShadowVerdict): void {
+    this.log.debug('shadow verdict', { partId: r.partId, active: r.active.verdict, shadow: r.shadow.verdict, agree: r.agree });
+    // With a generic publish on MqttPublisher: void this.publisher?.publishJson('shadow', { ...r, station: this.cfg.station.id });
+  }
+
   private async publishStatus(): Promise<void> {
     if (!this.publisher) return;
     const s = this.status();
@@ -284,6 +316,18 @@ export class Agent {
         return { state: this.state };
       case 'status':
         return this.status();
+      case 'model-swap':
+        return this.models!.swap(String((payload as { ref?: unknown }).ref));
+      case 'model-shadow': {
+        const p = payload as { ref?: unknown; everyN?: unknown };
+        return p.ref ? this.models!.setShadow(String(p.ref), { everyN: typeof p.everyN === 'number' ? p.everyN : 1 }) : this.models!.clearShadow();
+      }
+      case 'model-promote':
+        return this.models!.promote();
+      case 'model-rollback':
+        return this.models!.rollback();
+      case 'model-versions':
+        return this.models!.versions();
       default:
         throw new Error(`unknown command '${name}': use trigger, pause, resume or status`);
     }
@@ -331,6 +375,7 @@ export class Agent {
       agentVersion: AGENT_VERSION,
       uptimeS: this.startedAt ? Math.round((Date.now() - this.startedAt) / 1000) : 0,
       model: info?.model,
+      models: this.models?.versions(),
       provider: info?.provider,
       camera: this.cfg.camera.source,
       trigger: this.cfg.trigger.mode,

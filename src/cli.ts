@@ -15,6 +15,8 @@ Usage:
   linesight config check FILE        validate a config file (exit 2 listing every error)
   linesight config schema            print the config's JSON Schema
   linesight train -c TRAIN.yaml      train a model bundle (collect → preprocess → train → evaluate → build)
+  linesight models list|pull|verify|sign|keygen|index|serve …
+                                     model bundles: registry, cache, signatures (linesight models help)
   linesight eval --model DIR --data DIR
                                      evaluate a bundle on a dataset folder
   linesight --version | --help
@@ -39,6 +41,10 @@ export async function main(argv: string[]): Promise<number> {
       case 'train': {
         const { trainCommand } = await import('./train/cli.js');
         return await trainCommand(rest);
+      }
+      case 'models': {
+        const { modelsCommand } = await import('./models/cli.js');
+        return await modelsCommand(rest);
       }
       case 'eval': {
         const { evalCommand } = await import('./train/cli.js');

@@ -43,6 +43,9 @@ inline void YuvToRgb(int y, int u, int v, uint8_t* out) {
   out[2] = Clip((c + 516 * d) >> 8);
 }
 
+/** Limited-range luma (16..235) -> full-range gray (0..255): the gray a neutral RGB pixel would have. */
+inline uint8_t YToGray(int y) { return Clip((298 * (y - 16) + 128) >> 8); }
+
 /** RGB -> luma, BT.601 weights (what a gray-colour source gives for an RGB camera). */
 inline uint8_t Luma(const uint8_t* p) { return uint8_t((77 * p[0] + 150 * p[1] + 29 * p[2] + 128) >> 8); }
 
@@ -54,7 +57,8 @@ inline size_t ConvertedSize(uint32_t fourcc, Target t, uint32_t w, uint32_t h, s
 }
 
 /**
- * Convert one frame. `src` holds `h` rows of `stride` bytes. Returns false when the source is too
+ * Convert one frame. YUYV is taken as BT.601 limited range (what UVC cameras and ffmpeg's default
+ * assume): gray is its luma expanded to full range, rgb the BT.601 matrix. `src` holds `h` rows of `stride` bytes. Returns false when the source is too
  * short (a truncated frame) or the conversion is unsupported.
  */
 inline bool ConvertFrame(const uint8_t* src, size_t srcLen, uint32_t fourcc, uint32_t w, uint32_t h, uint32_t stride,
@@ -75,7 +79,7 @@ inline bool ConvertFrame(const uint8_t* src, size_t srcLen, uint32_t fourcc, uin
       if (fourcc == V4L2_PIX_FMT_GREY) {
         std::memcpy(d, s, w);
       } else if (fourcc == V4L2_PIX_FMT_YUYV) {
-        for (uint32_t x = 0; x < w; x++) d[x] = s[2 * x];
+        for (uint32_t x = 0; x < w; x++) d[x] = YToGray(s[2 * x]);
       } else {
         for (uint32_t x = 0; x < w; x++) d[x] = Luma(s + 3 * x);
       }

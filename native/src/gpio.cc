@@ -160,6 +160,7 @@ Napi::Value LineInfoJs(const Napi::CallbackInfo& info) {
 
 struct Window {
   int64_t startNs, endNs;
+  bool driven = false;  // the output was on for it at some point
 };
 
 struct PulseEdge {
@@ -207,7 +208,7 @@ class PulseEngine {
     if (end <= MonoNowNs()) return false;
     {
       std::lock_guard<std::mutex> lk(mu_);
-      windows_.push_back({at, end});
+      windows_.push_back({at, end, false});
       scheduled_++;
     }
     Wake();
@@ -246,6 +247,7 @@ class PulseEngine {
     o.Set("maxLateNs", Napi::BigInt::New(env, maxLateNs_));
     o.Set("realtime", rtApplied_.load());
     o.Set("writeErrors", double(writeErrors_));
+    o.Set("missed", double(missed_));
     o.Set("running", thread_.joinable());
     return o;
   }
@@ -293,13 +295,18 @@ class PulseEngine {
         int64_t now = MonoNowNs();
         bool active = false;
         int64_t onDeadline = INT64_MAX, offDeadline = INT64_MIN;
-        for (const auto& w : windows_) {
+        for (auto& w : windows_) {
           if (w.startNs <= now && now < w.endNs) {
             active = true;
+            w.driven = true;
             onDeadline = std::min(onDeadline, w.startNs);
           }
           if (w.endNs <= now) offDeadline = std::max(offDeadline, w.endNs);
         }
+        // A window over before this thread ever ran for it (the machine stalled for longer than
+        // the pulse): too late to drive; counted, not replayed.
+        for (const auto& w : windows_)
+          if (w.endNs <= now && !w.driven && !(level_ == 1 && w.startNs < now)) missed_++;
         windows_.erase(std::remove_if(windows_.begin(), windows_.end(), [now](const Window& w) { return w.endNs <= now; }),
                        windows_.end());
         int want = active ? 1 : 0;
@@ -350,7 +357,7 @@ class PulseEngine {
   Fd timerFd_, wakeFd_;
   bool stop_ = false;
   int level_ = -1;
-  uint64_t scheduled_ = 0, edges_ = 0, writeErrors_ = 0;
+  uint64_t scheduled_ = 0, edges_ = 0, writeErrors_ = 0, missed_ = 0;
   int64_t maxLateNs_ = 0;
   std::atomic<bool> rtApplied_{false};
   PulseTsfn tsfn_;

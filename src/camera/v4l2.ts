@@ -99,10 +99,15 @@ export function findControl(controls: V4l2Control[], key: string, cid: NativeAdd
   return controls.find((c) => norm(c.name) === norm(key));
 }
 
+/** BT.601 luma weights: the Y a JPEG stores, and what ffmpeg's gray and the YUYV path give. */
+const LUMA: [number, number, number] = [0.299, 0.587, 0.114];
+
 async function sharpDecode(jpeg: Uint8Array, colour: 'gray' | 'rgb') {
   const sharp = (await import('sharp')).default;
-  let img = sharp(jpeg, { failOn: 'error' });
-  img = colour === 'gray' ? img.grayscale() : img.removeAlpha().toColourspace('srgb');
+  let img = sharp(jpeg, { failOn: 'error' }).removeAlpha().toColourspace('srgb');
+  // Gray as BT.601 luma (not libvips' b-w), so the same camera gives the same gray whether it
+  // sends MJPEG or YUYV, and whether it is read here or through ffmpeg.
+  if (colour === 'gray') img = img.recomb([LUMA, LUMA, LUMA]).extractChannel(0);
   const { data, info } = await img.raw().toBuffer({ resolveWithObject: true });
   if (colour === 'gray' && info.channels !== 1) throw new Error(`decoded ${info.channels} channels, wanted 1`);
   if (colour === 'rgb' && info.channels !== 3) throw new Error(`decoded ${info.channels} channels, wanted 3`);

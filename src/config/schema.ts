@@ -94,6 +94,31 @@ export const ConfigSchema = T.Object(
         workers: T.Integer({ minimum: 1, maximum: 64, default: 1, description: 'inference worker threads' }),
         intraOpThreads: T.Integer({ minimum: 0, maximum: 256, default: 0, description: '0 = onnxruntime default' }),
         queueLimit: T.Integer({ minimum: 1, maximum: 10000, default: 8, description: 'frames waiting for a worker before overload' }),
+        ref: T.Optional(T.String({ minLength: 1, description: "model to run: 'name@1.2.0', 'name@latest' or a bundle folder; overrides path" })),
+        registry: T.String({ default: '', description: "model registry: http(s) URL or folder (index.json, NAME/VERSION/…); empty = device-local only" }),
+        registryToken: T.Optional(T.String({ description: 'bearer token sent to a private registry' })),
+        bundledDir: T.String({ default: 'models', description: 'bundles shipped with the agent (model-in-image)' }),
+        cacheDir: T.String({ default: '', description: "pulled bundles; empty = '<station.stateDir>/models'" }),
+        cacheMaxBytes: T.Integer({ minimum: 1, default: 2 * 1024 ** 3, description: 'size bound of the cache: least recently used bundles are evicted (never active/previous/shadow)' }),
+        publicKey: T.Optional(T.String({ description: 'ed25519 public key (PEM file): when set, only bundles with a valid model.json.sig load' })),
+        pullTimeoutMs: Ms(30000, 'registry: no response or no bytes for this long = unreachable (then the cache is used)', 1),
+        shadow: T.Optional(
+          T.Object(
+            {
+              ref: T.String({ minLength: 1, description: 'candidate run beside the active model; its verdicts go to <prefix>shadow only' }),
+              everyN: T.Integer({ minimum: 1, default: 1, description: 'run it on every Nth part' }),
+            },
+            { additionalProperties: false },
+          ),
+        ),
+        rollback: T.Object(
+          {
+            window: T.Integer({ minimum: 0, default: 200, description: 'parts watched after a model is activated; 0 = no automatic rollback' }),
+            maxRejectRate: T.Number({ minimum: 0, maximum: 1, default: 0.5, description: 'roll back when the new model rejects more than this share of the window' }),
+            maxFailSafeRate: T.Number({ minimum: 0, maximum: 1, default: 0.1, description: 'roll back when more than this share of the window is diverted fail-safe by inference' }),
+          },
+          { additionalProperties: false, default: {} },
+        ),
       },
       { additionalProperties: false, default: {} },
     ),

@@ -45,6 +45,13 @@ interface Job {
   reject(e: Error): void;
 }
 
+/** An admitted frame being preprocessed: its reserved place in the queue. */
+interface Ticket {
+  priority: Priority;
+  /** Pushed out by a line frame while preprocessing: refused with 'overload' when that ends. */
+  evicted: boolean;
+}
+
 interface Slot {
   index: number;
   worker?: Worker;
@@ -86,6 +93,8 @@ export class InferencePool implements Inspector {
   private slots: Slot[] = [];
   /** FIFO per priority; line parts always go first. */
   private readonly queues: Record<Priority, Job[]> = { line: [], api: [] };
+  /** Admitted frames still being preprocessed (their place in the queue is reserved). */
+  private readonly preparing = new Set<Ticket>();
   private nextId = 1;
 
   constructor(private readonly opts: InferencePoolOptions) {}
@@ -140,19 +149,25 @@ export class InferencePool implements Inspector {
     const manifest = this.manifest();
     const priority = opts.priority ?? 'line';
 
+    // Admission comes before the resize: above capacity (a free-run camera faster than the model)
+    // a frame that is going to be refused must not cost preprocessing CPU the admitted ones need.
+    const ticket = this.admit(priority);
+    let prepared: Awaited<ReturnType<typeof prepareInput>>;
     const t0 = process.hrtime.bigint();
-    const prepared = await prepareInput(frame, manifest.input);
+    try {
+      prepared = await prepareInput(frame, manifest.input);
+    } finally {
+      this.preparing.delete(ticket);
+    }
     const preMs = msSince(t0);
     if (this.state !== 'running') throw new InferenceError('inference pool stopped', 'stopping');
+    if (ticket.evicted) throw new InferenceError('inference queue full: API request made way for a line part', 'overload');
 
     return new Promise<InferenceResult>((resolve, reject) => {
       const job: Job = { id: this.nextId++, priority, ...prepared, preMs, queuedAt: process.hrtime.bigint(), resolve, reject };
       const idle = this.slots.find((s) => s.state === 'idle');
       if (idle) return this.dispatch(idle, job);
-      if (!this.makeRoom(priority)) {
-        const waiting = this.queues.line.length + this.queues.api.length;
-        return reject(new InferenceError(`inference queue full (${waiting} waiting, limit ${this.opts.queueLimit})`, 'overload'));
-      }
+      // Its place was reserved at admission.
       this.queues[priority].push(job);
     });
   }
@@ -192,16 +207,36 @@ export class InferencePool implements Inspector {
     return i >= 0 ? this.opts.providers.slice(i) : this.opts.providers;
   }
 
-  /** Room for one more waiting job? A line job may push out the newest waiting API job. */
+  /**
+   * Reserves a place for a frame about to be preprocessed, or throws 'overload'. Frames being
+   * preprocessed count as waiting, except as many as there are idle workers to take them. A line
+   * frame may push out the newest waiting (or preprocessing) API request.
+   */
+  private admit(priority: Priority): Ticket {
+    const idle = this.slots.filter((s) => s.state === 'idle').length;
+    const waiting = this.queues.line.length + this.queues.api.length + this.preparing.size;
+    if (waiting >= this.opts.queueLimit + idle && !this.makeRoom(priority)) {
+      throw new InferenceError(`inference queue full (${waiting - idle} waiting, limit ${this.opts.queueLimit})`, 'overload');
+    }
+    const ticket: Ticket = { priority, evicted: false };
+    this.preparing.add(ticket);
+    return ticket;
+  }
+
+  /** Makes room for a line frame by pushing out the newest API request, queued or preprocessing. */
   private makeRoom(priority: Priority): boolean {
-    const waiting = this.queues.line.length + this.queues.api.length;
-    if (waiting < this.opts.queueLimit) return true;
-    if (priority === 'line' && this.queues.api.length > 0) {
-      const evicted = this.queues.api.pop()!;
+    if (priority !== 'line') return false;
+    const evicted = this.queues.api.pop();
+    if (evicted) {
       evicted.reject(new InferenceError('inference queue full: API request made way for a line part', 'overload'));
       return true;
     }
-    return false;
+    const api = [...this.preparing].reverse().find((t) => t.priority === 'api' && !t.evicted);
+    if (!api) return false;
+    // Refused when its preprocessing ends (see inspect); it stops counting now.
+    api.evicted = true;
+    this.preparing.delete(api);
+    return true;
   }
 
   private newSlot(): Slot {

@@ -162,7 +162,8 @@ export function toTensor(pixels: Uint8Array, channels: 1 | 3, spec: InputSpec): 
     const out = new Uint8Array(n * outC);
     for (let c = 0; c < outC; c++) {
       const src = from[c]!;
-      for (let p = 0, o = c * channelStride; p < n; p++, o += pixelStride) out[o] = sample(pixels, p, channels, src);
+      if (src < 0) for (let p = 0, i = 0, o = c * channelStride; p < n; p++, i += 3, o += pixelStride) out[o] = grey(pixels, i);
+      else for (let p = 0, i = src, o = c * channelStride; p < n; p++, i += channels, o += pixelStride) out[o] = pixels[i]!;
     }
     return { data: out, dims };
   }
@@ -178,19 +179,22 @@ export function toTensor(pixels: Uint8Array, channels: 1 | 3, spec: InputSpec): 
     b.push(-mean / std);
   }
   const out = new Float32Array(n * outC);
+  // An 8-bit input has 256 values: a per-channel table of v * a + b (the same float32 values the
+  // arithmetic gives) turns the hot loop into a load and a store.
+  const lut = new Float32Array(256);
   for (let c = 0; c < outC; c++) {
     const src = from[c]!;
     const ac = a[c]!;
     const bc = b[c]!;
-    for (let p = 0, o = c * channelStride; p < n; p++, o += pixelStride) out[o] = sample(pixels, p, channels, src) * ac + bc;
+    for (let v = 0; v < 256; v++) lut[v] = v * ac + bc;
+    if (src < 0) for (let p = 0, i = 0, o = c * channelStride; p < n; p++, i += 3, o += pixelStride) out[o] = lut[grey(pixels, i)]!;
+    else for (let p = 0, i = src, o = c * channelStride; p < n; p++, i += channels, o += pixelStride) out[o] = lut[pixels[i]!]!;
   }
   return { data: out, dims };
 }
 
-function sample(pixels: Uint8Array, p: number, channels: number, src: number): number {
-  if (src >= 0) return pixels[p * channels + src]!;
-  const i = p * 3;
-  // Rounded, as an 8-bit grey image would hold it (and as decodeImage's grey does).
+/** BT.601 luma of the RGB pixel at byte i, rounded, as an 8-bit grey image would hold it (and as decodeImage's grey does). */
+function grey(pixels: Uint8Array, i: number): number {
   return Math.round(LUMA[0] * pixels[i]! + LUMA[1] * pixels[i + 1]! + LUMA[2] * pixels[i + 2]!);
 }
 

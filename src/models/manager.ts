@@ -194,7 +194,7 @@ export class ModelManager implements Inspector {
     try {
       slot = await this.load(this.opts.initial, true);
     } catch (err) {
-      const fallback = await this.startFallback(err);
+      const fallback = this.state === 'starting' ? await this.startFallback(err) : undefined;
       if (!fallback) {
         this.state = 'stopped';
         throw err instanceof ModelLoadError ? err : new ModelLoadError(errMessage(err));
@@ -228,7 +228,8 @@ export class ModelManager implements Inspector {
   inspect(frame: Frame, opts: { priority?: 'line' | 'api' } = {}): Promise<InferenceResult> {
     const slot = this.active;
     if (!slot || this.state !== 'running') {
-      return Promise.reject(new InferenceError(`no model running (model manager is ${this.state})`, 'overload'));
+      const reason = this.state === 'stopped' ? 'stopping' : 'overload';
+      return Promise.reject(new InferenceError(`no model running (model manager is ${this.state})`, reason));
     }
     // The slot is taken now, synchronously: a swap after this line does not move this call.
     slot.inFlight++;
@@ -369,6 +370,7 @@ export class ModelManager implements Inspector {
     if (this.state !== 'running') {
       return this.report({ ok: false, action: actionOf(label), message: `cannot ${label}: the model manager is ${this.state}` });
     }
+    // Set now, not when the change runs: a second request in the same tick is refused too.
     if (this.changing && !wait) {
       return this.report({ ok: false, action: actionOf(label), message: `cannot ${label}: ${this.changing} is in progress; try again when it is done` });
     }
@@ -381,6 +383,7 @@ export class ModelManager implements Inspector {
         this.changing = undefined;
       }
     });
+    this.changing ??= label;
     this.chain = run.catch(() => undefined);
     return run;
   }
@@ -396,16 +399,18 @@ export class ModelManager implements Inspector {
     }
     let slot: Slot;
     try {
-      slot = await this.load(bundle ?? request, true);
+      const candidate = bundle ?? (await this.resolve(request));
+      const m = candidate.manifest;
+      // The same bundle again (a repeated command, name@latest with nothing newer): nothing to load.
+      if (sameModel({ name: m.name, version: m.version, sha256: m.sha256 }, active.model)) {
+        return this.report({ ok: true, action, request, from: active.model, to: active.model, message: `${active.info.ref} is already active` });
+      }
+      slot = await this.load(candidate, true);
     } catch (err) {
       return this.report({
         ok: false, action, request, from: active.model, golden: (err as { golden?: GoldenReport }).golden,
         message: `${action} refused: ${errMessage(err)}; ${active.info.ref} stays active`,
       });
-    }
-    if (sameModel(slot.model, active.model)) {
-      await this.stopSlot(slot);
-      return this.report({ ok: true, action, request, from: active.model, to: active.model, message: `${active.info.ref} is already active` });
     }
     if (this.state !== 'running') {
       await this.stopSlot(slot);
@@ -580,12 +585,12 @@ export class ModelManager implements Inspector {
   private runShadow(sh: Shadow, frame: Frame, active: Promise<InferenceResult>): void {
     const slot = sh.slot;
     slot.inFlight++;
-    let shadowCall: Promise<InferenceResult>;
-    try {
-      shadowCall = slot.pool.inspect(frame, { priority: 'line' });
-    } catch (err) {
-      shadowCall = Promise.reject(err);
-    }
+    // The shadow starts once the active verdict is in: it never competes with the part it shadows
+    // for CPU (preprocessing, workers), only with idle time before the next part.
+    const shadowCall = active.then(
+      () => slot.pool.inspect(frame, { priority: 'line' }),
+      () => slot.pool.inspect(frame, { priority: 'line' }),
+    );
     const pending: PendingShadow = { emitted: false };
     this.pendingShadow.set(frame, pending);
     void Promise.allSettled([active, shadowCall]).then(([a, s]) => {

@@ -236,10 +236,11 @@ export class HttpRegistry implements Registry {
   readonly location: string;
   private readonly base: URL;
 
-  /** timeoutMs: no response, or no bytes for this long, counts as unreachable. */
+  /** timeoutMs: no response, or no bytes for this long, counts as unreachable. headers: e.g. Authorization for a private store. */
   constructor(
     url: string,
     private readonly timeoutMs = 30_000,
+    private readonly headers: Record<string, string> = {},
   ) {
     this.base = new URL(url.endsWith('/') ? url : `${url}/`);
     this.location = this.base.href;
@@ -270,7 +271,9 @@ export class HttpRegistry implements Registry {
     }
     if (!res.body) throw new RegistryError(`${url}: empty response`);
     await mkdir(dirname(dest), { recursive: true });
-    const expected = Number(res.headers.get('content-length') ?? NaN);
+    // A compressed body is decoded on the way: its Content-Length counts other bytes.
+    const encoding = res.headers.get('content-encoding');
+    const expected = !encoding || encoding === 'identity' ? Number(res.headers.get('content-length') ?? NaN) : NaN;
     let received = 0;
     let idle: NodeJS.Timeout | undefined;
     const counter = new Transform({
@@ -302,7 +305,7 @@ export class HttpRegistry implements Registry {
   private async get(url: URL): Promise<Response> {
     let res: Response;
     try {
-      res = await fetch(url, { signal: AbortSignal.timeout(this.timeoutMs), redirect: 'follow' });
+      res = await fetch(url, { signal: AbortSignal.timeout(this.timeoutMs), redirect: 'follow', headers: this.headers });
     } catch (err) {
       const cause = (err as { cause?: { code?: string; message?: string } }).cause;
       throw new RegistryUnreachableError(`${url}: ${cause?.code ?? cause?.message ?? (err as Error).message}`);
@@ -328,8 +331,8 @@ function withTimeout<T>(p: Promise<T>, ms: number, url: URL): Promise<T> {
 }
 
 /** An http(s) URL or a folder. */
-export function openRegistry(location: string, opts: { timeoutMs?: number } = {}): Registry {
-  return /^https?:\/\//i.test(location) ? new HttpRegistry(location, opts.timeoutMs) : new DirRegistry(location);
+export function openRegistry(location: string, opts: { timeoutMs?: number; headers?: Record<string, string> } = {}): Registry {
+  return /^https?:\/\//i.test(location) ? new HttpRegistry(location, opts.timeoutMs, opts.headers) : new DirRegistry(location);
 }
 
 // ---- the store -----------------------------------------------------------------------------------
@@ -351,7 +354,10 @@ export interface ModelStoreOptions {
   cache?: ModelCache;
   /** When set, every bundle must carry a model.json.sig made with the matching private key. */
   publicKey?: KeyObject;
+  /** No response, or no bytes, for this long: the registry counts as unreachable (default 30 s). */
   timeoutMs?: number;
+  /** Extra HTTP headers for the registry (e.g. { authorization: 'Bearer …' }); never logged. */
+  registryHeaders?: Record<string, string>;
   log: Logger;
 }
 
@@ -362,7 +368,7 @@ export class ModelStore {
   private readonly log: Logger;
 
   constructor(private readonly opts: ModelStoreOptions) {
-    this.registry = opts.registry ? openRegistry(opts.registry, { timeoutMs: opts.timeoutMs }) : undefined;
+    this.registry = opts.registry ? openRegistry(opts.registry, { timeoutMs: opts.timeoutMs, headers: opts.registryHeaders }) : undefined;
     this.cache = opts.cache;
     this.bundled = new DirRegistry(opts.bundledDir ?? 'models');
     this.log = opts.log;
@@ -455,6 +461,9 @@ export class ModelStore {
       return { ...v, dir, origin: 'registry', ref: refKey(name, version) };
     } catch (err) {
       await this.cache.discard(staged);
+      if (err instanceof RegistryUnreachableError) {
+        throw new ModelLoadError(`cannot pull ${name}@${version}: registry ${this.registry.location} unreachable (${err.message})`);
+      }
       throw asLoadError(err);
     }
   }
@@ -467,7 +476,7 @@ export class ModelStore {
     try {
       return await this.pull(name, version);
     } catch (err) {
-      if (local.message.startsWith('not on the device')) throw err;
+      if (local.message.startsWith('not on the device')) throw new ModelLoadError(`${(err as Error).message}; not on the device either`);
       throw new ModelLoadError(`${(err as Error).message}\n  (on the device: ${local.message})`);
     }
   }

@@ -69,6 +69,8 @@ export interface NativePulseStats {
   maxLateNs: bigint;
   realtime: boolean;
   writeErrors: number;
+  /** Pulses whose whole window passed before the thread could run (machine stalled): not driven. */
+  missed: number;
   running: boolean;
 }
 

@@ -1,0 +1,256 @@
+// Sections 2, 4 and 5a, the agent (a child process per run): the real Agent class, built from a
+// config as `linesight run` builds it — replay camera on the bench images in free-run at a frame
+// rate above capacity, the inference pool, the inspection loop, the divert scheduler on the sim
+// GPIO binding, MQTT to a real broker (Mosquitto when installed) with the durable outbox on.
+//
+// Measured, after a warm-up:
+//   throughput   parts decided with a verdict per second (fail-safes counted apart, by reason)
+//   latency      trigger -> verdict -> actuation scheduled: the 'decided' event (InspectionLoop
+//                emits it after DivertScheduler.schedule) minus the part's trigger time. The replay
+//                camera stamps a frame when its decode has finished, as a live camera stamps it
+//                when the frame arrives, so decode is not inside this latency (it is in the bound).
+//   lag          perf_hooks.monitorEventLoopDelay over the window (main thread)
+//   divert edges every rising/falling edge of the sim divert output (SimGpio.history) against the
+//                pulse windows the diverted parts asked for (gate time, pulse width, merged when
+//                they overlap as DivertScheduler merges them)
+//   memory       RSS every `rssEvery` decided parts (the 100k-part soak)
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { Agent } from '../src/agent.js';
+import { SystemClock, nsToMs } from '../src/clock.js';
+import { parseConfig } from '../src/config/load.js';
+import { SimGpio } from '../src/gpio/sim.js';
+import { createLogger } from '../src/log.js';
+import type { Part } from '../src/part.js';
+import { startTestBroker } from '../test/helpers/broker.js';
+import { ensureImages } from './images.js';
+import { ensureModel, FRAME, type ModelKey } from './models.js';
+import { childParams, cpuMeter, dist, foreignLoad, nowMs, progress, r1, r2, r3, slope, sleep, type Dist } from './lib.js';
+
+export interface AgentParams {
+  model: ModelKey;
+  workers: number;
+  threads: number;
+  fps: number;
+  warmupS: number;
+  /** Measurement window; or run until `parts` parts are decided. */
+  seconds?: number;
+  parts?: number;
+  rssEvery?: number;
+  queueLimit?: number;
+  maxInFlight?: number;
+  travelMs?: number;
+  pulseMs?: number;
+  label?: string;
+}
+
+export interface EdgeStats {
+  expected: number;
+  matched: number;
+  rise: Dist;
+  fall: Dist;
+}
+
+export interface AgentResult {
+  params: AgentParams;
+  broker: string;
+  windowS: number;
+  decided: number;
+  verdicts: number;
+  verdictsPerS: number;
+  decidedPerS: number;
+  failSafe: Record<string, number>;
+  rejects: number;
+  latencyMs: Dist;
+  /** Pool's per-part timings of verdict parts (ms, p50). */
+  stagesP50: { queueMs: number; preprocessMs: number; inferMs: number; postprocessMs: number };
+  lagMs: { p50: number; p99: number; max: number };
+  edgesMs: EdgeStats;
+  mqtt: { published: number; outboxPending: number; notDurable: number; connected: boolean };
+  cpuCores: number;
+  foreignCores: number;
+  rss?: { every: number; samplesMb: number[]; firstMb: number; lastMb: number; maxMb: number; slopeMbPer10k: number; growthPct: number; heapLastMb: number };
+  startMs: number;
+  logLines: number;
+}
+
+const DIVERT = { chip: 'sim0', line: 1 };
+
+/** Offline replica of DivertScheduler's merging: the union of [start, start + pulse] windows. */
+function expectedWindows(parts: { gate: number; decided: number }[], pulseMs: number): [number, number][] {
+  const w = parts
+    .map((p) => [Math.max(p.gate, p.decided), p.gate + pulseMs] as [number, number])
+    .filter(([s, e]) => e > s)
+    .sort((a, b) => a[0] - b[0]);
+  const out: [number, number][] = [];
+  for (const [s, e] of w) {
+    const last = out[out.length - 1];
+    if (last && s <= last[1]) last[1] = Math.max(last[1], e);
+    else out.push([s, e]);
+  }
+  return out;
+}
+
+function edgeErrors(expected: number[], actual: number[]): { errors: number[]; matched: number } {
+  const errors: number[] = [];
+  let j = 0;
+  for (const e of expected) {
+    while (j < actual.length && actual[j]! < e - 0.5) j++;
+    if (j >= actual.length) break;
+    const err = actual[j]! - e;
+    if (err <= 100) {
+      errors.push(err);
+      j++;
+    }
+  }
+  return { errors, matched: errors.length };
+}
+
+async function main(): Promise<void> {
+  const p = childParams<AgentParams>();
+  const frame = FRAME[p.model];
+  const images = await ensureImages(frame.width, frame.height);
+  const m = await ensureModel(p.model, images.files);
+  const broker = await startTestBroker();
+  const stateDir = mkdtempSync(join(tmpdir(), 'linesight-bench-agent-'));
+  const pulseMs = p.pulseMs ?? 10;
+  let logLines = 0;
+  const log = createLogger({ level: 'warn', sink: { write: () => void logLines++ } });
+  const cfg = parseConfig({
+    station: { line: 'bench', id: 'st1', stateDir },
+    camera: { source: 'replay', replay: { dir: images.dir, order: 'sorted', loop: true, fps: p.fps, colour: m.manifest.input.colour === 'gray' ? 'gray' : 'rgb' } },
+    trigger: { mode: 'freerun' },
+    model: { path: m.dir, providers: ['cpu'], workers: p.workers, intraOpThreads: p.threads, queueLimit: p.queueLimit ?? 8 },
+    line: { travelMs: p.travelMs ?? 1000, pulseMs, marginMs: 20, maxInFlight: p.maxInFlight ?? 32 },
+    gpio: { backend: 'sim' },
+    mqtt: { url: broker.url },
+    http: { enabled: false },
+    log: { level: 'warn' },
+  });
+  const clock = new SystemClock();
+  const gpio = new SimGpio({ clock });
+  const agent = new Agent(cfg, { log, clock, gpio });
+
+  const base = clock.nowNs();
+  const ms = (ns: bigint): number => nsToMs(ns - base);
+  let measuring = false;
+  let decided = 0;
+  let verdicts = 0;
+  let rejects = 0;
+  const failSafe: Record<string, number> = {};
+  const lat: number[] = [];
+  const stages = { queueMs: [] as number[], preprocessMs: [] as number[], inferMs: [] as number[], postprocessMs: [] as number[] };
+  const diverted: { gate: number; decided: number }[] = [];
+  const rssSamples: number[] = [];
+  let heapLast = 0;
+  let totalDecided = 0;
+  let done: () => void = () => {};
+  const finished = new Promise<void>((r) => (done = r));
+
+  agent.bus.on('decided', (part: Part) => {
+    const now = clock.nowNs();
+    totalDecided++;
+    if (part.action === 'divert') diverted.push({ gate: ms(part.t.gateNs!), decided: ms(part.t.decidedNs!) });
+    if (p.rssEvery && totalDecided % p.rssEvery === 0) {
+      const mu = process.memoryUsage();
+      rssSamples.push(mu.rss / 1048576);
+      heapLast = mu.heapUsed / 1048576;
+      if (rssSamples.length % 10 === 0) progress(`${p.model}: ${totalDecided} parts, RSS ${(mu.rss / 1048576).toFixed(1)} MB`);
+    }
+    if (p.parts && totalDecided >= p.parts) done();
+    if (!measuring) return;
+    decided++;
+    if (part.failSafe) {
+      failSafe[part.reason ?? 'unknown'] = (failSafe[part.reason ?? 'unknown'] ?? 0) + 1;
+      return;
+    }
+    verdicts++;
+    if (part.action === 'divert') rejects++;
+    if (lat.length < 200_000) {
+      lat.push(nsToMs(now - part.t.triggerNs));
+      const t = part.timings;
+      if (t) for (const k of Object.keys(stages) as (keyof typeof stages)[]) stages[k].push(t[k]);
+    }
+  });
+
+  progress(`${p.label ?? p.model}: starting the agent (${p.workers} worker(s) x ${p.threads} thread(s), camera ${p.fps} fps)`);
+  const t0 = nowMs();
+  await agent.start();
+  const startMs = r1(nowMs() - t0);
+  await sleep(p.warmupS * 1000);
+
+  const lag = monitorEventLoopDelay({ resolution: 1 });
+  const cpu = cpuMeter();
+  const foreign = foreignLoad();
+  measuring = true;
+  const w0 = nowMs();
+  lag.enable();
+  if (p.parts) await finished;
+  else await sleep((p.seconds ?? 10) * 1000);
+  lag.disable();
+  measuring = false;
+  const windowS = (nowMs() - w0) / 1000;
+  const cpuCores = cpu.ms() / (windowS * 1000);
+  const foreignCores = foreign.foreign();
+  const mq = agent.status().mqtt;
+
+  await agent.stop();
+  const history = gpio.history(DIVERT).slice(1); // the first entry is the level set at open
+  const rises = history.filter((h) => h.value === 1).map((h) => ms(h.timeNs));
+  const falls = history.filter((h) => h.value === 0).map((h) => ms(h.timeNs));
+  const windows = expectedWindows(diverted, pulseMs);
+  const r = edgeErrors(windows.map((w) => w[0]), rises);
+  const f = edgeErrors(windows.map((w) => w[1]), falls);
+
+  const med = (xs: number[]): number => dist(xs).p50;
+  const result: AgentResult = {
+    params: p,
+    broker: broker.kind,
+    windowS: r2(windowS),
+    decided,
+    verdicts,
+    verdictsPerS: r2(verdicts / windowS),
+    decidedPerS: r2(decided / windowS),
+    failSafe,
+    rejects,
+    latencyMs: dist(lat),
+    stagesP50: { queueMs: med(stages.queueMs), preprocessMs: med(stages.preprocessMs), inferMs: med(stages.inferMs), postprocessMs: med(stages.postprocessMs) },
+    lagMs: { p50: r3(lag.percentile(50) / 1e6), p99: r3(lag.percentile(99) / 1e6), max: r3(lag.max / 1e6) },
+    edgesMs: { expected: windows.length, matched: Math.min(r.matched, f.matched), rise: dist(r.errors), fall: dist(f.errors) },
+    mqtt: { published: mq?.published ?? 0, outboxPending: mq?.outbox.pending ?? -1, notDurable: mq?.notDurable ?? 0, connected: mq?.connected ?? false },
+    cpuCores: r2(cpuCores),
+    foreignCores,
+    startMs,
+    logLines,
+  };
+  if (p.rssEvery && rssSamples.length > 1) {
+    const xs = rssSamples.map((_, i) => (i + 1) * p.rssEvery!);
+    const s = slope(xs, rssSamples) * 10_000;
+    // Growth past the warm-up: the first tenth of the run is where pools and caches fill.
+    const settled = rssSamples.slice(Math.floor(rssSamples.length / 10));
+    result.rss = {
+      every: p.rssEvery,
+      samplesMb: rssSamples.map(r1),
+      firstMb: r1(settled[0]!),
+      lastMb: r1(rssSamples[rssSamples.length - 1]!),
+      maxMb: r1(Math.max(...rssSamples)),
+      slopeMbPer10k: r2(s),
+      growthPct: r2(((rssSamples[rssSamples.length - 1]! - settled[0]!) / settled[0]!) * 100),
+      heapLastMb: r1(heapLast),
+    };
+  }
+  writeFileSync(p.resultFile, JSON.stringify(result, null, 2));
+  await broker.close();
+  rmSync(stateDir, { recursive: true, force: true });
+}
+
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,192 @@
+// How late does a divert pulse start? The native pulse thread (timerfd at an absolute
+// CLOCK_MONOTONIC deadline, the engine behind ChardevGpio.schedulePulse) against the JS scheduler
+// the agent otherwise uses (SystemClock.at: setTimeout re-armed until the deadline), side by side,
+// idle and under load: one busy worker thread per core (inference) plus GC pressure and
+// synchronous work on the main thread.
+//
+//   node --import tsx bench/pulse-timing.ts [--pulses 400] [--no-idle] [--json] [--realtime]
+//        [--chip <label|/dev/gpiochipN> --line <offset>]   (drive a real output line: in the HIL guest)
+//
+// Lateness = when the edge was driven (native: after the ioctl; JS: when the callback ran) minus
+// its deadline, both on CLOCK_MONOTONIC. Without --chip the native engine drives no line (PulseTimer).
+import { availableParallelism } from 'node:os';
+import { PerformanceObserver } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs } from 'node:util';
+import { Worker } from 'node:worker_threads';
+import { SystemClock } from '../src/clock.js';
+import { ChardevGpio } from '../src/gpio/chardev.js';
+import { loadNative, type NativePulseTarget } from '../src/native/addon.js';
+
+const { values: args } = parseArgs({
+  options: {
+    pulses: { type: 'string', default: '400' },
+    'no-idle': { type: 'boolean', default: false },
+    json: { type: 'boolean', default: false },
+    realtime: { type: 'boolean', default: false },
+    chip: { type: 'string' },
+    line: { type: 'string', default: '0' },
+  },
+});
+const PULSES = Number(args.pulses);
+const MS = 1_000_000n;
+const now = (): bigint => process.hrtime.bigint();
+
+interface Summary {
+  n: number;
+  p50us: number;
+  p90us: number;
+  p99us: number;
+  maxus: number;
+  missed: number;
+}
+
+function summarise(lateNs: bigint[], missed = 0): Summary {
+  const us = lateNs.map((x) => Number(x) / 1000).sort((a, b) => a - b);
+  const q = (p: number) => us[Math.min(us.length - 1, Math.floor(p * us.length))] ?? Number.NaN;
+  const r = (x: number) => Math.round(x * 10) / 10;
+  return { n: us.length, p50us: r(q(0.5)), p90us: r(q(0.9)), p99us: r(q(0.99)), maxus: r(us.at(-1) ?? Number.NaN), missed };
+}
+
+// ── load ──────────────────────────────────────────────────────────────────────────────────────
+
+const WORKER = `
+const { parentPort } = require('node:worker_threads');
+// "Inference": dense float math in long synchronous runs, one thread per core.
+const n = 256, a = new Float32Array(n * n).map(() => Math.random()), b = new Float32Array(n * n).map(() => Math.random());
+const c = new Float32Array(n * n);
+let stop = false;
+parentPort.on('message', (m) => { if (m === 'stop') stop = true; });
+(function loop() {
+  for (let k = 0; k < 4 && !stop; k++) {
+    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) { let s = 0; for (let t = 0; t < n; t++) s += a[i * n + t] * b[t * n + j]; c[i * n + j] = s; }
+  }
+  if (stop) { parentPort.postMessage('done'); return; }
+  setImmediate(loop);
+})();
+`;
+
+interface Load {
+  stop(): Promise<void>;
+  gcPausesMs: number[];
+}
+
+function startLoad(): Load {
+  const workers = Array.from({ length: availableParallelism() }, () => new Worker(WORKER, { eval: true }));
+  const gcPausesMs: number[] = [];
+  const obs = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) gcPausesMs.push(e.duration);
+  });
+  obs.observe({ entryTypes: ['gc'] });
+  // Main thread: short-lived garbage every 2 ms (scavenges), a large retained set replaced every
+  // 200 ms (mark-compact), and 3-8 ms synchronous chunks (JSON, frame bookkeeping).
+  let retained: unknown[] = [];
+  let tick = 0;
+  const garbage = setInterval(() => {
+    const junk = Array.from({ length: 20_000 }, (_, i) => ({ i, s: `part-${i}`, v: [i, i * 2] }));
+    if (junk.length < 0) console.log(junk);
+    if (++tick % 100 === 0) retained = Array.from({ length: 400_000 }, (_, i) => ({ i, b: new Array(4).fill(i) }));
+    if (tick % 7 === 0) {
+      const until = now() + BigInt(3 + (tick % 6)) * MS;
+      let x = 0;
+      while (now() < until) x += JSON.stringify({ tick, x }).length;
+    }
+  }, 2);
+  return {
+    gcPausesMs,
+    async stop() {
+      clearInterval(garbage);
+      retained = [];
+      obs.disconnect();
+      await Promise.all(
+        workers.map(
+          (w) =>
+            new Promise<void>((resolve) => {
+              w.once('message', () => resolve());
+              w.postMessage('stop');
+            }).then(() => w.terminate()),
+        ),
+      );
+      void retained;
+    },
+  };
+}
+
+// ── the two schedulers, run side by side ──────────────────────────────────────────────────────
+
+interface Run {
+  native: Summary;
+  js: Summary;
+}
+
+async function nativeTarget(): Promise<{ target: NativePulseTarget; close: () => Promise<void>; what: string }> {
+  if (args.chip) {
+    const gpio = new ChardevGpio({ realtime: args.realtime });
+    const out = await gpio.openOutput({ chip: args.chip, line: Number(args.line) }, { initial: 0 });
+    const line = (out as unknown as { line: NativePulseTarget }).line;
+    return { target: line, close: () => gpio.close(), what: `line ${args.chip}:${args.line}` };
+  }
+  const t = new (loadNative().gpio.PulseTimer)({ realtime: args.realtime });
+  return { target: t, close: async () => t.close(), what: 'PulseTimer (no line)' };
+}
+
+async function measure(): Promise<Run & { what: string; realtime: boolean }> {
+  const { target, close, what } = await nativeTarget();
+  const nativeLate: bigint[] = [];
+  target.onPulseEdge((level, atNs, deadlineNs) => {
+    if (level === 1) nativeLate.push(atNs - deadlineNs);
+  });
+  const clock = new SystemClock();
+  const jsLate: bigint[] = [];
+  let pending = 0;
+  for (let i = 0; i < PULSES; i++) {
+    // A verdict arrives; the part reaches the gate 30-80 ms later; the pulse is 10 ms wide so
+    // consecutive pulses never merge.
+    const at = now() + BigInt(30 + ((i * 37) % 50)) * MS;
+    target.schedulePulse(at, 10n * MS);
+    pending++;
+    clock.at(at, () => {
+      jsLate.push(now() - at);
+      pending--;
+    });
+    await sleep(15);
+  }
+  while (pending > 0 || nativeLate.length < PULSES) await sleep(20);
+  const stats = target.pulseStats();
+  await close();
+  return { native: summarise(nativeLate, stats.missed), js: summarise(jsLate), what, realtime: stats.realtime };
+}
+
+async function main(): Promise<void> {
+  const results: Record<string, unknown> = { pulses: PULSES, cores: availableParallelism(), node: process.version };
+  if (!args['no-idle']) {
+    const idle = await measure();
+    results.idle = idle;
+  }
+  const load = startLoad();
+  await sleep(300); // let the workers and the GC churn get going
+  const loaded = await measure();
+  await load.stop();
+  const gc = load.gcPausesMs.sort((a, b) => a - b);
+  results.load = { ...loaded, workers: availableParallelism(), gcPauses: gc.length, gcMaxMs: Math.round((gc.at(-1) ?? 0) * 10) / 10 };
+
+  if (args.json) {
+    console.log(JSON.stringify(results, (_k, v) => (typeof v === 'bigint' ? String(v) : v), 2));
+    return;
+  }
+  const row = (name: string, s: Summary) =>
+    `  ${name.padEnd(34)} p50 ${s.p50us.toFixed(0).padStart(6)} µs   p90 ${s.p90us.toFixed(0).padStart(6)} µs   p99 ${s.p99us.toFixed(0).padStart(7)} µs   max ${s.maxus.toFixed(0).padStart(7)} µs` +
+    (s.missed ? `   missed ${s.missed}` : '');
+  console.log(`pulse start lateness vs deadline, ${PULSES} pulses each, node ${process.version}, ${availableParallelism()} cores`);
+  for (const k of ['idle', 'load'] as const) {
+    const r = results[k] as (Run & { what: string; realtime: boolean }) | undefined;
+    if (!r) continue;
+    console.log(`${k === 'idle' ? 'idle' : `under load (${availableParallelism()} busy workers + main-thread GC/sync work)`}: native = ${r.what}${r.realtime ? ', SCHED_FIFO' : ''}`);
+    console.log(row('native pulse thread (timerfd)', r.native));
+    console.log(row('JS SystemClock.at (setTimeout)', r.js));
+  }
+  const l = results.load as { gcPauses: number; gcMaxMs: number };
+  console.log(`  main-thread GC during the loaded run: ${l.gcPauses} pauses, longest ${l.gcMaxMs} ms`);
+}
+
+await main();

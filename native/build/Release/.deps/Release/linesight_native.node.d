@@ -1,1 +1,0 @@
-cmd_Release/linesight_native.node := ln -f "Release/obj.target/linesight_native.node" "Release/linesight_native.node" 2>/dev/null || (rm -rf "Release/linesight_native.node" && cp -af "Release/obj.target/linesight_native.node" "Release/linesight_native.node")
