@@ -201,6 +201,7 @@ async function main(): Promise<void> {
   const rises = history.filter((h) => h.value === 1).map((h) => ms(h.timeNs));
   const falls = history.filter((h) => h.value === 0).map((h) => ms(h.timeNs));
   const windows = expectedWindows(diverted, pulseMs);
+  if (process.env.LINESIGHT_BENCH_DUMP) writeFileSync(process.env.LINESIGHT_BENCH_DUMP, JSON.stringify({ windows, rises, falls, diverted }));
   const r = edgeErrors(windows.map((w) => w[0]), rises);
   const f = edgeErrors(windows.map((w) => w[1]), falls);
 

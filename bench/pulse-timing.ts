@@ -4,8 +4,9 @@
 // idle and under load: one busy worker thread per core (inference) plus GC pressure and
 // synchronous work on the main thread.
 //
-//   node --import tsx bench/pulse-timing.ts [--pulses 400] [--no-idle] [--json] [--realtime]
-//        [--chip <label|/dev/gpiochipN> --line <offset>]   (drive a real output line: in the HIL guest)
+//   node --import tsx bench/pulse-timing.ts [--pulses 600] [--no-idle] [--json]
+//        [--chip <label|/dev/gpiochipN> --line <offset>]   (drive real output lines <offset> and
+//        <offset>+1, e.g. on gpio-sim in the HIL guest)
 //
 // Lateness = when the edge was driven (native: after the ioctl; JS: when the callback ran) minus
 // its deadline, both on CLOCK_MONOTONIC. Without --chip the native engine drives no line (PulseTimer).
@@ -20,10 +21,9 @@ import { loadNative, type NativePulseTarget } from '../src/native/addon.js';
 
 const { values: args } = parseArgs({
   options: {
-    pulses: { type: 'string', default: '400' },
+    pulses: { type: 'string', default: '600' },
     'no-idle': { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
-    realtime: { type: 'boolean', default: false },
     chip: { type: 'string' },
     line: { type: 'string', default: '0' },
   },
@@ -79,13 +79,13 @@ function startLoad(): Load {
   });
   obs.observe({ entryTypes: ['gc'] });
   // Main thread: short-lived garbage every 2 ms (scavenges), a large retained set replaced every
-  // 200 ms (mark-compact), and 3-8 ms synchronous chunks (JSON, frame bookkeeping).
+  // second (mark-compact), and 3-8 ms synchronous chunks every 14 ms (JSON, frame bookkeeping).
   let retained: unknown[] = [];
   let tick = 0;
   const garbage = setInterval(() => {
     const junk = Array.from({ length: 20_000 }, (_, i) => ({ i, s: `part-${i}`, v: [i, i * 2] }));
     if (junk.length < 0) console.log(junk);
-    if (++tick % 100 === 0) retained = Array.from({ length: 400_000 }, (_, i) => ({ i, b: new Array(4).fill(i) }));
+    if (++tick % 500 === 0) retained = Array.from({ length: 200_000 }, (_, i) => ({ i, b: new Array(4).fill(i) }));
     if (tick % 7 === 0) {
       const until = now() + BigInt(3 + (tick % 6)) * MS;
       let x = 0;
@@ -115,50 +115,67 @@ function startLoad(): Load {
 // ── the two schedulers, run side by side ──────────────────────────────────────────────────────
 
 interface Run {
-  native: Summary;
+  nativeFifo: Summary;
+  nativeCfs: Summary;
   js: Summary;
+  what: string;
+  fifoApplied: boolean;
 }
 
-async function nativeTarget(): Promise<{ target: NativePulseTarget; close: () => Promise<void>; what: string }> {
+async function nativeTarget(realtime: boolean, lineOffset: number): Promise<{ target: NativePulseTarget; close: () => Promise<void>; what: string }> {
   if (args.chip) {
-    const gpio = new ChardevGpio({ realtime: args.realtime });
-    const out = await gpio.openOutput({ chip: args.chip, line: Number(args.line) }, { initial: 0 });
+    const gpio = new ChardevGpio({ realtime });
+    const out = await gpio.openOutput({ chip: args.chip, line: lineOffset }, { initial: 0 });
     const line = (out as unknown as { line: NativePulseTarget }).line;
-    return { target: line, close: () => gpio.close(), what: `line ${args.chip}:${args.line}` };
+    return { target: line, close: () => gpio.close(), what: `lines ${args.chip}:${args.line}+` };
   }
-  const t = new (loadNative().gpio.PulseTimer)({ realtime: args.realtime });
+  const t = new (loadNative().gpio.PulseTimer)({ realtime });
   return { target: t, close: async () => t.close(), what: 'PulseTimer (no line)' };
 }
 
-async function measure(): Promise<Run & { what: string; realtime: boolean }> {
-  const { target, close, what } = await nativeTarget();
-  const nativeLate: bigint[] = [];
-  target.onPulseEdge((level, atNs, deadlineNs) => {
-    if (level === 1) nativeLate.push(atNs - deadlineNs);
-  });
+/** One pass: the same deadlines go to a SCHED_FIFO pulse thread, a normal one, and SystemClock.at. */
+async function measure(): Promise<Run> {
+  const fifo = await nativeTarget(true, Number(args.line));
+  const cfs = await nativeTarget(false, Number(args.line) + 1);
+  const late = { fifo: [] as bigint[], cfs: [] as bigint[], js: [] as bigint[] };
+  fifo.target.onPulseEdge((level, atNs, deadlineNs) => level === 1 && late.fifo.push(atNs - deadlineNs));
+  cfs.target.onPulseEdge((level, atNs, deadlineNs) => level === 1 && late.cfs.push(atNs - deadlineNs));
   const clock = new SystemClock();
-  const jsLate: bigint[] = [];
   let pending = 0;
   for (let i = 0; i < PULSES; i++) {
-    // A verdict arrives; the part reaches the gate 30-80 ms later; the pulse is 10 ms wide so
-    // consecutive pulses never merge.
-    const at = now() + BigInt(30 + ((i * 37) % 50)) * MS;
-    target.schedulePulse(at, 10n * MS);
+    // A verdict arrives; the part reaches the gate 40-49 ms later. Pulses are 5 ms wide and at
+    // least 6 ms apart, so they never merge: one rising edge per pulse. (A pulse whose whole
+    // window passes before its thread runs is counted as missed, not driven.)
+    const at = now() + BigInt(40 + ((i * 7) % 10)) * MS;
+    fifo.target.schedulePulse(at, 5n * MS);
+    cfs.target.schedulePulse(at, 5n * MS);
     pending++;
     clock.at(at, () => {
-      jsLate.push(now() - at);
+      late.js.push(now() - at);
       pending--;
     });
     await sleep(15);
   }
-  while (pending > 0 || nativeLate.length < PULSES) await sleep(20);
-  const stats = target.pulseStats();
-  await close();
-  return { native: summarise(nativeLate, stats.missed), js: summarise(jsLate), what, realtime: stats.realtime };
+  const done = (t: NativePulseTarget, l: bigint[]) => l.length + t.pulseStats().missed >= PULSES;
+  const give = now() + 10_000n * MS;
+  while ((pending > 0 || !done(fifo.target, late.fifo) || !done(cfs.target, late.cfs)) && now() < give) await sleep(20);
+  const fifoStats = fifo.target.pulseStats();
+  const cfsStats = cfs.target.pulseStats();
+  await fifo.close();
+  await cfs.close();
+  return {
+    nativeFifo: summarise(late.fifo, fifoStats.missed),
+    nativeCfs: summarise(late.cfs, cfsStats.missed),
+    js: summarise(late.js),
+    what: fifo.what,
+    fifoApplied: fifoStats.realtime,
+  };
 }
 
 async function main(): Promise<void> {
   const results: Record<string, unknown> = { pulses: PULSES, cores: availableParallelism(), node: process.version };
+  // Three schedulers, the same deadlines: a pulse thread with SCHED_FIFO (ChardevGpio's default,
+  // when the process may), one at normal priority, and the JS clock.
   if (!args['no-idle']) {
     const idle = await measure();
     results.idle = idle;
@@ -175,14 +192,14 @@ async function main(): Promise<void> {
     return;
   }
   const row = (name: string, s: Summary) =>
-    `  ${name.padEnd(34)} p50 ${s.p50us.toFixed(0).padStart(6)} µs   p90 ${s.p90us.toFixed(0).padStart(6)} µs   p99 ${s.p99us.toFixed(0).padStart(7)} µs   max ${s.maxus.toFixed(0).padStart(7)} µs` +
-    (s.missed ? `   missed ${s.missed}` : '');
+    `  ${name.padEnd(40)} p50 ${s.p50us.toFixed(0).padStart(6)} µs   p90 ${s.p90us.toFixed(0).padStart(6)} µs   p99 ${s.p99us.toFixed(0).padStart(7)} µs   max ${s.maxus.toFixed(0).padStart(7)} µs   missed ${s.missed}`;
   console.log(`pulse start lateness vs deadline, ${PULSES} pulses each, node ${process.version}, ${availableParallelism()} cores`);
   for (const k of ['idle', 'load'] as const) {
-    const r = results[k] as (Run & { what: string; realtime: boolean }) | undefined;
+    const r = results[k] as Run | undefined;
     if (!r) continue;
-    console.log(`${k === 'idle' ? 'idle' : `under load (${availableParallelism()} busy workers + main-thread GC/sync work)`}: native = ${r.what}${r.realtime ? ', SCHED_FIFO' : ''}`);
-    console.log(row('native pulse thread (timerfd)', r.native));
+    console.log(`${k === 'idle' ? 'idle' : `under load (${availableParallelism()} busy workers + main-thread GC/sync work)`}: native = ${r.what}`);
+    console.log(row(`native thread, SCHED_FIFO${r.fifoApplied ? '' : ' (refused: CFS)'}`, r.nativeFifo));
+    console.log(row('native thread, normal priority', r.nativeCfs));
     console.log(row('JS SystemClock.at (setTimeout)', r.js));
   }
   const l = results.load as { gcPauses: number; gcMaxMs: number };

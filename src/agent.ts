@@ -85,6 +85,7 @@ export class Agent {
   private divert?: DivertScheduler;
   private divertOut?: GpioOutput;
   private readyOut?: GpioOutput;
+  private heartbeat?: NodeJS.Timeout;
   private loop?: InspectionLoop;
   private trigger?: Trigger;
   private command?: CommandTrigger;
@@ -285,11 +286,31 @@ export class Agent {
       .catch((err: Error) => this.log.error('status publish failed', { err: err.message }));
   }
 
-  /** The ready output is high only while the agent can inspect: the PLC watches it. */
+  /**
+   * The ready output tells the PLC the agent can inspect. Steady high while running; with
+   * gpio.readyHeartbeatMs it toggles instead, because a sysfs output keeps its last level when
+   * the process dies: a PLC that watches for the toggle sees a dead agent.
+   */
   private async setReady(): Promise<void> {
-    const ready = this.state === 'running' ? 1 : 0;
+    const running = this.state === 'running';
+    const period = this.cfg.gpio.readyHeartbeatMs;
+    if (this.heartbeat && !running) {
+      clearInterval(this.heartbeat);
+      this.heartbeat = undefined;
+    }
+    if (running && period > 0 && !this.heartbeat && this.readyOut) {
+      let level: 0 | 1 = 1;
+      this.heartbeat = setInterval(() => {
+        level = level === 1 ? 0 : 1;
+        this.writeReady(level);
+      }, period);
+    }
+    this.writeReady(running ? 1 : 0);
+  }
+
+  private writeReady(level: 0 | 1): void {
     try {
-      this.readyOut?.writeSync(ready);
+      this.readyOut?.writeSync(level);
     } catch (err) {
       this.bus.emit('alarm', { kind: 'gpio', severity: 'critical', message: `ready output: ${(err as Error).message}` });
     }
@@ -388,6 +409,8 @@ export class Agent {
 
   /** The safe state, synchronously: for exit and crash paths where nothing can be awaited. */
   safeStateSync(): void {
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat = undefined;
     try {
       this.divert?.safeState();
     } catch {

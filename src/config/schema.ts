@@ -139,6 +139,7 @@ export const ConfigSchema = T.Object(
         sysfsRoot: T.String({ default: '/sys/class/gpio', description: 'sysfs GPIO root (configurable for tests)' }),
         divert: T.Optional(LineSpecSchema),
         ready: T.Optional(LineSpecSchema),
+        readyHeartbeatMs: T.Integer({ minimum: 0, maximum: 60000, default: 0, description: 'toggle the ready output at this period while inspecting (0 = steady high); lets the PLC see a dead agent' }),
         stackLight: T.Object(
           {
             green: T.Optional(LineSpecSchema),

@@ -35,7 +35,12 @@ export interface ChardevGpioOptions {
    * not reported at all.
    */
   debounce?: 'kernel' | 'lockout';
-  /** SCHED_FIFO for the pulse threads (needs CAP_SYS_NICE or root; ignored when refused). */
+  /**
+   * SCHED_FIFO (priority 50) for the pulse threads, default true: at normal priority a busy
+   * machine delays the thread's wake-up by milliseconds now and then (see bench/pulse-timing.ts).
+   * Needs root, CAP_SYS_NICE or LimitRTPRIO=50 in the unit; when refused the thread runs at normal
+   * priority (pulseStats().realtime says which). The thread sleeps between edges.
+   */
   realtime?: boolean;
   /** The addon (tests); default: loaded on first open. */
   addon?: NativeAddon;
@@ -109,7 +114,7 @@ export class ChardevGpio implements GpioBinding, PulseScheduling {
     this.devDir = opts.devDir ?? '/dev';
     this.consumer = opts.consumer ?? 'linesight';
     this.debounce = opts.debounce ?? 'lockout';
-    this.realtime = opts.realtime ?? false;
+    this.realtime = opts.realtime ?? true;
     this.addon = opts.addon;
   }
 

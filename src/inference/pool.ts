@@ -65,6 +65,8 @@ interface Slot {
 }
 
 const RESTART_MIN_MS = 100;
+/** How long stop() waits for a worker to finish its request and exit before terminating it. */
+const STOP_GRACE_MS = 5000;
 const RESTART_MAX_MS = 10_000;
 
 /** The worker entry next to this file: worker.ts under tsx (tests, dev), worker.js from dist/. */
@@ -374,6 +376,26 @@ export class InferencePool implements Inspector {
       slot.worker = undefined;
       slot.state = 'dead';
     }
-    await Promise.all(workers.map((w) => w.terminate()));
+    await Promise.all(workers.map((w) => stopWorker(w)));
   }
+}
+
+/**
+ * Asks a worker to stop and waits for it to exit: it finishes the session.run in progress and
+ * releases its session first. worker.terminate() while onnxruntime is inside run or create aborts
+ * the whole process, so it is only the fallback for a worker that does not exit in time.
+ */
+function stopWorker(worker: Worker): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const timer = setTimeout(() => void worker.terminate().then(() => resolve(), () => resolve()), STOP_GRACE_MS);
+    worker.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    try {
+      worker.postMessage({ type: 'stop' } satisfies ToWorker);
+    } catch {
+      // Already gone: its exit has been (or is about to be) reported.
+    }
+  });
 }

@@ -4,6 +4,7 @@
 //
 // Protocol: the worker starts from workerData (model bytes, manifest, providers), answers 'ready'
 // or 'init-error', then serves 'run' requests with 'result' or 'error'.
+import { getPriority, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { env, InferenceSession, Tensor } from 'onnxruntime-node';
 import { checkModelIO } from './manifest.js';
@@ -23,7 +24,9 @@ export interface WorkerInit {
 
 export type ToWorker =
   | { type: 'run'; id: number; pixels: Uint8Array; channels: 1 | 3; geometry: Geometry }
-  | { type: 'test'; action: TestAction };
+  | { type: 'test'; action: TestAction }
+  /** Finish the request in progress, release the session, exit (see the pool's stop). */
+  | { type: 'stop' };
 
 /**
  * Test hooks, so tests need no timing: 'crash-exit' / 'crash-throw' make the worker die on its
@@ -48,6 +51,16 @@ export type FromWorker =
 env.logLevel = 'fatal';
 
 if (!parentPort) throw new Error('inference worker: must run in a worker thread');
+
+// EXPERIMENT
+const NICE = Number(process.env.LS_NICE ?? 0);
+if (NICE) {
+  try {
+    setPriority(0, Math.min(19, getPriority(0) + NICE));
+  } catch {
+    /* not allowed here: run at the default priority */
+  }
+}
 const port = parentPort;
 const send = (msg: FromWorker): void => port.postMessage(msg);
 const ms = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e6;
@@ -58,6 +71,34 @@ const { manifest } = init;
 let crashNext: 'crash-exit' | 'crash-throw' | undefined;
 /** Requests kept back while a test holds the worker. */
 let held: Extract<ToWorker, { type: 'run' }>[] | undefined;
+
+// Stopping: the pool asks, and the worker exits by itself once no session.run is in progress.
+// Terminating a worker from outside while onnxruntime is inside run (or create) aborts the whole
+// process ("terminate called after throwing an instance of 'Napi::Error'").
+let stopping = false;
+let session: InferenceSession | undefined;
+let running = 0;
+/** Messages that came before the session was ready (the pool's test hooks). */
+let handler: ((msg: ToWorker) => void) | undefined;
+const early: ToWorker[] = [];
+port.on('message', (msg: ToWorker) => {
+  if (msg.type === 'stop') {
+    stopping = true;
+    held = undefined;
+    maybeExit();
+  } else if (stopping) {
+    // Nothing new once stopping.
+  } else if (handler) handler(msg);
+  else early.push(msg);
+});
+
+/** Once stopping and idle: release the session (its memory, its threads) and let the thread end. */
+function maybeExit(): void {
+  if (!stopping || running > 0) return;
+  const s = session;
+  session = undefined;
+  void (s ? s.release() : Promise.resolve()).catch(() => {}).finally(() => port.close());
+}
 
 /** Tries each provider alone, in order: the first that creates a session wins. */
 async function createSession(): Promise<{ session: InferenceSession; provider: string; failed: ProviderFailure[] }> {
@@ -117,14 +158,15 @@ async function infer(
 }
 
 async function main(): Promise<void> {
-  let session: InferenceSession;
   let provider: string;
   let failed: ProviderFailure[] = [];
+  let s: InferenceSession;
   try {
-    ({ session, provider, failed } = await createSession());
+    ({ session: s, provider, failed } = await createSession());
+    session = s;
     // onnxruntime holds its own copy now; let this one (possibly hundreds of MB) be collected.
     (init as { model: Uint8Array | null }).model = null;
-    checkModelIO(manifest, session);
+    checkModelIO(manifest, s);
   } catch (err) {
     send({ type: 'init-error', message: message(err), failed: (err as { failed?: ProviderFailure[] }).failed ?? failed });
     return;
@@ -136,23 +178,36 @@ async function main(): Promise<void> {
   const { width, height } = manifest.input;
   const grey = new Uint8Array(width * height).fill(128);
   const geometry: Geometry = { frameWidth: width, frameHeight: height, inputWidth: width, inputHeight: height, resize: manifest.input.resize ?? 'stretch' };
+  running++;
   try {
-    await infer(session, grey, 1, geometry);
+    if (stopping) return;
+    await infer(s, grey, 1, geometry);
   } catch (err) {
     send({ type: 'init-error', message: `warm-up failed: ${message(err)}`, failed });
     return;
+  } finally {
+    running--;
+    maybeExit();
   }
+  if (stopping) return;
   send({ type: 'ready', provider, failed, warmupMs: ms(t0) });
 
   const serve = (msg: Extract<ToWorker, { type: 'run' }>): void => {
     if (crashNext === 'crash-exit') process.exit(3);
     if (crashNext === 'crash-throw') throw new Error('inference worker: crash requested by test hook');
-    infer(session, msg.pixels, msg.channels, msg.geometry).then(
-      (r) => send({ type: 'result', id: msg.id, ...r }),
-      (err: unknown) => send({ type: 'error', id: msg.id, message: message(err) }),
-    );
+    running++;
+    infer(s, msg.pixels, msg.channels, msg.geometry)
+      .then(
+        (r) => send({ type: 'result', id: msg.id, ...r }),
+        (err: unknown) => send({ type: 'error', id: msg.id, message: message(err) }),
+      )
+      .finally(() => {
+        running--;
+        maybeExit();
+      });
   };
-  port.on('message', (msg: ToWorker) => {
+  handler = (msg: ToWorker) => {
+    if (msg.type === 'stop') return;
     if (msg.type === 'run') {
       if (held) held.push(msg);
       else serve(msg);
@@ -165,7 +220,8 @@ async function main(): Promise<void> {
     } else {
       crashNext = msg.action;
     }
-  });
+  };
+  early.splice(0).forEach(handler);
 }
 
 void main();

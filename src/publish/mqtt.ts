@@ -12,7 +12,7 @@ import type { Logger } from '../log.js';
 import type { Part } from '../part.js';
 import { AGENT_VERSION } from '../version.js';
 import { DEFAULT_COMMANDS, parseCommand, replyRoute, type CommandTable, type ReplyRoute } from './commands.js';
-import { Outbox, type OutboxLevel, type OutboxLoss, type OutboxOptions, type OutboxRecord } from './outbox.js';
+import { Outbox, OutboxFullError, type OutboxLevel, type OutboxLoss, type OutboxOptions, type OutboxRecord } from './outbox.js';
 import {
   alarmPayload,
   inspectionPayload,
@@ -158,7 +158,7 @@ export class MqttPublisher {
     });
     const ob = this.outbox.stats();
     if (ob.corrupt > 0) {
-      void this.publishAlarm({
+      void this.putOwnAlarm({
         kind: 'outbox_corrupt',
         severity: 'critical',
         message: `${ob.corrupt} outbox record(s) were unreadable (bad CRC) and are lost; check the storage under ${stateDir}`,
@@ -178,7 +178,16 @@ export class MqttPublisher {
       username: cfg.username,
       outbox: { records: ob.records, bytes: ob.bytes },
     });
-    const client = (this.client = mqtt.connect(cfg.url, options));
+    let client: MqttClient;
+    try {
+      client = this.client = mqtt.connect(cfg.url, options);
+    } catch (e) {
+      // e.g. an unknown URL scheme: leave nothing open behind the error.
+      clearInterval(this.pruneTimer);
+      await this.outbox.close();
+      this.outbox = undefined;
+      throw new Error(`mqtt.url '${safeUrl(cfg.url)}' cannot be used (${(e as Error).message}): use mqtt://host:1883 or mqtts://host:8883`);
+    }
     client.on('connect', (p) => this.onConnect(p));
     client.on('close', () => this.onClose());
     client.on('error', (e) => this.onError(e));
@@ -459,8 +468,26 @@ export class MqttPublisher {
 
   // ---- outbox alarms -------------------------------------------------------------------------
 
+  /**
+   * The outbox's own alarms never evict a result: with no room they wait (the caller retries),
+   * otherwise each loss alarm would drop a record and so cause the next one.
+   */
+  private async putOwnAlarm(alarm: AlarmInput): Promise<boolean> {
+    if (!this.outbox || !this.t) return false;
+    const id = randomUUID();
+    const payload = alarmPayload({ ...alarm, id, timeMs: this.opts.clock.wallMs() }, { station: this.opts.station.id, line: this.opts.station.line });
+    try {
+      await this.outbox.put(this.t.alarm, payload, { id, evict: false });
+      this.pump();
+      return true;
+    } catch (e) {
+      if (!(e instanceof OutboxFullError)) this.log.error('outbox alarm not persisted', { kind: alarm.kind, error: (e as Error).message });
+      return false;
+    }
+  }
+
   private onHighWater(l: OutboxLevel): void {
-    void this.publishAlarm({
+    void this.putOwnAlarm({
       kind: 'outbox_high_water',
       severity: 'warning',
       message: `outbox at ${Math.round((100 * l.bytes) / l.maxBytes)}% (${l.records} results not yet acknowledged by the broker); at 100% the oldest are dropped`,
@@ -469,30 +496,41 @@ export class MqttPublisher {
   }
 
   private onLoss(l: OutboxLoss): void {
-    const acc = (this.loss ??= { count: 0, bytes: 0, reasons: new Set(), ids: [], total: 0 });
-    acc.count += l.count;
-    acc.bytes += l.bytes;
-    acc.reasons.add(l.reason);
-    acc.total = l.totalDropped;
-    for (const id of l.ids) if (acc.ids.length < 20) acc.ids.push(id);
-    // One alarm per interval: at the bound every put drops, and each alarm is a put itself.
+    this.addLoss({ count: l.count, bytes: l.bytes, reasons: new Set([l.reason]), ids: l.ids, total: l.totalDropped });
+    // One alarm per interval: at the bound every put drops, and the losses in between are summed.
     if (!this.lossTimer) this.flushLoss();
   }
 
-  private flushLoss(): void {
-    const acc = this.loss;
-    this.loss = undefined;
-    this.lossTimer = undefined;
-    if (!acc || this.stopping) return;
+  private addLoss(l: NonNullable<MqttPublisher['loss']>): void {
+    const acc = (this.loss ??= { count: 0, bytes: 0, reasons: new Set(), ids: [], total: 0 });
+    acc.count += l.count;
+    acc.bytes += l.bytes;
+    for (const r of l.reasons) acc.reasons.add(r);
+    acc.total = Math.max(acc.total, l.total);
+    for (const id of l.ids) if (acc.ids.length < 20) acc.ids.push(id);
+  }
+
+  private lossAlarm(acc: NonNullable<MqttPublisher['loss']>): AlarmInput {
     const reasons = [...acc.reasons];
     const why = reasons
       .map((r) => ({ bytes: 'outbox full', age: 'older than the age limit', rejected: 'refused by the broker' })[r] ?? r)
       .join(', ');
-    void this.publishAlarm({
+    return {
       kind: 'outbox_drop',
       severity: 'critical',
       message: `${acc.count} result(s) dropped from the outbox (${why}); ${acc.total} since start`,
       data: { count: acc.count, bytes: acc.bytes, reasons, ids: acc.ids, totalDropped: acc.total },
+    };
+  }
+
+  private flushLoss(): void {
+    this.lossTimer = undefined;
+    const acc = this.loss;
+    if (!acc || this.stopping) return;
+    this.loss = undefined;
+    void this.putOwnAlarm(this.lossAlarm(acc)).then((ok) => {
+      // No room for the alarm yet: keep the count, the next attempt reports it all.
+      if (!ok) this.addLoss(acc);
     });
     this.lossTimer = setTimeout(() => this.flushLoss(), this.opts.lossAlarmIntervalMs ?? 10_000);
     this.lossTimer.unref();
@@ -561,6 +599,10 @@ export class MqttPublisher {
     this.stopping ??= (async () => {
       clearInterval(this.pruneTimer);
       clearTimeout(this.lossTimer);
+      // A loss still waiting for its alarm goes out with the drain (if there is room).
+      const loss = this.loss;
+      this.loss = undefined;
+      if (loss) await this.putOwnAlarm(this.lossAlarm(loss));
       const client = this.client;
       const limit = this.opts.stopTimeoutMs ?? 5000;
       if (client) {

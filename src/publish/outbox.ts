@@ -84,6 +84,14 @@ export interface OutboxStats {
   highWater: boolean;
 }
 
+/** put() with evict: false found no room. */
+export class OutboxFullError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'OutboxFullError';
+  }
+}
+
 interface Rec extends OutboxRecord {
   segment: number;
 }
@@ -321,9 +329,15 @@ export class Outbox {
 
   /**
    * Append a record; resolves once it is on disk (fsync'ed). Records are published in put order.
-   * `id` defaults to a random UUID. Rejects if the record alone exceeds maxBytes or the write fails.
+   * `id` defaults to a random UUID. When full, the oldest records are dropped to make room, or
+   * with `evict: false` the put rejects with OutboxFullError instead (the loss alarm uses that, so
+   * reporting a loss never causes one). Rejects if the record alone exceeds maxBytes or the write fails.
    */
-  async put(topic: string, payload: unknown, opts: { id?: string; qos?: 0 | 1; retain?: boolean } = {}): Promise<OutboxRecord> {
+  async put(
+    topic: string,
+    payload: unknown,
+    opts: { id?: string; qos?: 0 | 1; retain?: boolean; evict?: boolean } = {},
+  ): Promise<OutboxRecord> {
     if (this.closed) throw new Error('outbox is closed');
     const seq = this.nextSeq++;
     const id = opts.id ?? randomUUID();
@@ -335,6 +349,9 @@ export class Outbox {
       throw new RangeError(`outbox record ${id} is ${line.length} bytes, more than the whole outbox (maxBytes ${this.maxBytes})`);
     }
     this.prune();
+    if (opts.evict === false && this.bytes + line.length > this.maxBytes) {
+      throw new OutboxFullError(`outbox full (${this.bytes} of ${this.maxBytes} bytes): record ${id} not added`);
+    }
     this.makeRoom(line.length);
     const rec: Rec = { seq, id, topic, payload, qos, retain, bytes: line.length, putAtMs, recovered: false, attempts: 0, segment: 0 };
     this.bytes += line.length; // reserved now, so concurrent puts see each other against the bound

@@ -139,3 +139,21 @@ test('a non-localhost bind without a token is refused at start', async () => {
   const a = new Agent(cfg, { log: memoryLogger() });
   await assert.rejects(a.start(), /http\.token/);
 });
+
+test('ready heartbeat: the ready output toggles while running and stays low after stop', async () => {
+  const { SimGpio } = await import('../../src/gpio/sim.js');
+  const { SystemClock } = await import('../../src/clock.js');
+  const clock = new SystemClock();
+  const gpio = new SimGpio({ clock });
+  const cfg = parseConfig({ station: { stateDir: mkdtempSync(join(tmpdir(), 'ls-hb-')) }, trigger: { mode: 'command' }, http: { enabled: false }, gpio: { readyHeartbeatMs: 20 } });
+  const a = new Agent(cfg, { log: memoryLogger(), clock, gpio });
+  await a.start();
+  await new Promise((r) => setTimeout(r, 300));
+  const toggles = gpio.history({ chip: 'sim0', line: 2 }).length;
+  await a.stop();
+  assert.ok(toggles >= 4, `ready toggled ${toggles} times`);
+  const after = gpio.history({ chip: 'sim0', line: 2 }).length;
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(gpio.history({ chip: 'sim0', line: 2 }).length, after, 'no toggling after stop');
+  assert.equal(gpio.level({ chip: 'sim0', line: 2 }), 0);
+});

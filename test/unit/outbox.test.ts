@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { appendFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Outbox, crc32, type OutboxLevel, type OutboxLoss } from '../../src/publish/outbox.js';
+import { Outbox, OutboxFullError, crc32, type OutboxLevel, type OutboxLoss } from '../../src/publish/outbox.js';
 
 const tmp = (): string => mkdtempSync(join(tmpdir(), 'linesight-outbox-'));
 const segments = (dir: string): string[] => readdirSync(dir).filter((f) => f.endsWith('.seg')).sort();
@@ -202,11 +202,18 @@ test('bounded by bytes: the oldest are dropped to make room, counted and reporte
 
     await assert.rejects(ob.put('t', { pad: 'w'.repeat(one * 6) }), RangeError, 'a record bigger than the whole outbox is refused');
     assert.equal(ob.size, 5);
+    // evict: false (the loss alarm) never makes room by dropping: it is refused instead.
+    await assert.rejects(ob.put('t', { i: 9, pad: 'z'.repeat(100) }, { id: 'alarm', evict: false }), OutboxFullError);
+    assert.deepEqual(ids(ob), ['d03', 'd04', 'd05', 'd06', 'd07']);
+    ob.ack([...ob.pending()][0]!.seq);
+    await ob.put('t', { i: 9, pad: 'z'.repeat(100) }, { id: 'alarm', evict: false });
+    assert.deepEqual(ids(ob), ['d04', 'd05', 'd06', 'd07', 'alarm']);
+    assert.equal(ob.stats().dropped, 3);
 
     // The drops are on disk too: the dropped records do not come back after a crash.
     await ob.flush();
     const again = await Outbox.open(join(dir, 'ob'), { maxBytes: one * 5 + 10 });
-    assert.deepEqual(ids(again), ['d03', 'd04', 'd05', 'd06', 'd07']);
+    assert.deepEqual(ids(again), ['d04', 'd05', 'd06', 'd07', 'alarm']);
     await again.close();
     await ob.close();
   } finally {
