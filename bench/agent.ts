@@ -93,19 +93,26 @@ function expectedWindows(parts: { gate: number; decided: number }[], pulseMs: nu
   return out;
 }
 
-function edgeErrors(expected: number[], actual: number[]): { errors: number[]; matched: number } {
+/**
+ * Lateness of each expected edge: the time from the scheduled edge until the output is at that
+ * level (0 when it already is: a window that merged with, or was held open by, the one before).
+ * `history` is the output's level changes, oldest first.
+ */
+function edgeErrors(expected: number[], level: 0 | 1, history: { value: 0 | 1; t: number }[]): number[] {
   const errors: number[] = [];
   let j = 0;
   for (const e of expected) {
-    while (j < actual.length && actual[j]! < e - 0.5) j++;
-    if (j >= actual.length) break;
-    const err = actual[j]! - e;
-    if (err <= 100) {
-      errors.push(err);
-      j++;
+    // The last change at or before e (history and expected are both in time order).
+    while (j + 1 < history.length && history[j + 1]!.t <= e) j++;
+    if (history[j] && history[j]!.t <= e && history[j]!.value === level) {
+      errors.push(0);
+      continue;
     }
+    let k = j;
+    while (k < history.length && !(history[k]!.t > e && history[k]!.value === level)) k++;
+    if (k < history.length) errors.push(history[k]!.t - e);
   }
-  return { errors, matched: errors.length };
+  return errors;
 }
 
 async function main(): Promise<void> {
@@ -197,13 +204,10 @@ async function main(): Promise<void> {
   const mq = agent.status().mqtt;
 
   await agent.stop();
-  const history = gpio.history(DIVERT).slice(1); // the first entry is the level set at open
-  const rises = history.filter((h) => h.value === 1).map((h) => ms(h.timeNs));
-  const falls = history.filter((h) => h.value === 0).map((h) => ms(h.timeNs));
+  const history = gpio.history(DIVERT).map((h) => ({ value: h.value, t: ms(h.timeNs) }));
   const windows = expectedWindows(diverted, pulseMs);
-  if (process.env.LINESIGHT_BENCH_DUMP) writeFileSync(process.env.LINESIGHT_BENCH_DUMP, JSON.stringify({ windows, rises, falls, diverted }));
-  const r = edgeErrors(windows.map((w) => w[0]), rises);
-  const f = edgeErrors(windows.map((w) => w[1]), falls);
+  const r = edgeErrors(windows.map((w) => w[0]), 1, history);
+  const f = edgeErrors(windows.map((w) => w[1]), 0, history);
 
   const med = (xs: number[]): number => dist(xs).p50;
   const result: AgentResult = {
@@ -219,7 +223,7 @@ async function main(): Promise<void> {
     latencyMs: dist(lat),
     stagesP50: { queueMs: med(stages.queueMs), preprocessMs: med(stages.preprocessMs), inferMs: med(stages.inferMs), postprocessMs: med(stages.postprocessMs) },
     lagMs: { p50: r3(lag.percentile(50) / 1e6), p99: r3(lag.percentile(99) / 1e6), max: r3(lag.max / 1e6) },
-    edgesMs: { expected: windows.length, matched: Math.min(r.matched, f.matched), rise: dist(r.errors), fall: dist(f.errors) },
+    edgesMs: { expected: windows.length, matched: Math.min(r.length, f.length), rise: dist(r), fall: dist(f) },
     mqtt: { published: mq?.published ?? 0, outboxPending: mq?.outbox.pending ?? -1, notDurable: mq?.notDurable ?? 0, connected: mq?.connected ?? false },
     cpuCores: r2(cpuCores),
     foreignCores,

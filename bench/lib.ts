@@ -105,9 +105,15 @@ export async function runChild<T>(
   const args = [...(opts.nodeArgs ?? []), '--import', 'tsx', resolve(BENCH_DIR, `${script}.ts`), JSON.stringify({ ...params, resultFile })];
   try {
     await new Promise<void>((res, rej) => {
-      // A raised priority (nice < 0, root only) keeps other jobs on a shared machine from
-      // time-slicing the measurement; every thread of the child (and its broker) inherits it.
-      const [cmd, argv] = opts.nice ? ['nice', ['-n', String(opts.nice), process.execPath, ...args]] : [process.execPath, args];
+      // A raised priority (root only) keeps other jobs on a shared machine from time-slicing the
+      // measurement. With sched_autogroup (the default on most distributions) CPU is shared
+      // between sessions first and nice only ranks threads within one, so the child gets a session
+      // of its own and that session's autogroup gets the nice value too. Every thread of the child
+      // (and its broker) inherits it.
+      const quoted = [process.execPath, ...args].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+      const [cmd, argv] = opts.nice
+        ? ['setsid', ['sh', '-c', `echo ${opts.nice} > /proc/self/autogroup 2>/dev/null; exec nice -n ${opts.nice} ${quoted}`]]
+        : [process.execPath, args];
       const child = spawn(cmd, argv, { stdio: ['ignore', 'inherit', 'pipe'], env: { ...process.env, ...opts.env } });
       let err = '';
       child.stderr.on('data', (d: Buffer) => {

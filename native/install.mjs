@@ -9,7 +9,8 @@
 // Offline machines: node-gyp needs Node's headers; they are taken from the local Node install
 // (<prefix>/include/node) when npm's nodedir is not set, so nothing is downloaded.
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -38,15 +39,25 @@ if (process.platform !== 'linux') {
   give(`skipped: the addon is Linux-only and this is ${process.platform}-${process.arch}`);
 }
 
-if (!force) {
+// The build is reused only when it was made from exactly these sources and loads in this node.
+function sourcesHash() {
+  const h = createHash('sha256');
+  const files = ['binding.gyp', ...readdirSync(join(here, 'src')).sort().map((f) => join('src', f))];
+  for (const f of files) h.update(f).update(readFileSync(join(here, f)));
+  return h.digest('hex');
+}
+const stamp = join(here, 'build', 'Release', 'sources.sha256');
+const hash = sourcesHash();
+
+if (!force && existsSync(stamp) && readFileSync(stamp, 'utf8').trim() === hash) {
   try {
     const addon = require('node-gyp-build')(here);
     if (addon && addon.abi === 1) {
-      say('a loadable build is already there (use --force to rebuild)');
+      say('the build from these sources is already there (use --force to rebuild)');
       process.exit(0);
     }
   } catch {
-    // not built yet
+    // built for another node: rebuild
   }
 }
 
@@ -87,4 +98,5 @@ try {
 } catch (err) {
   give(`built, but the result does not load: ${err.message.split('\n')[0]}`);
 }
+writeFileSync(stamp, hash + '\n');
 say(`built in ${((Date.now() - started) / 1000).toFixed(1)} s`);

@@ -207,6 +207,8 @@ export class Agent {
           log: log.child({ mod: 'mqtt' }),
           onCommand: (name: string, payload: unknown) => this.runCommand(name, payload),
         });
+        // Identity first, so the Last Will of the first connection names the model and boot.
+        await this.publishStatus();
         await this.publisher.start();
         this.unsub.push(
           this.bus.on('decided', (p) => void this.publish(p)),
@@ -271,7 +273,35 @@ export class Agent {
   /** A shadow verdict: published for comparison, never acted on. */
   private onShadow(r: ShadowVerdict): void {
     this.log.debug('shadow verdict', { partId: r.partId, active: r.active.verdict, shadow: r.shadow.verdict, agree: r.agree });
-    // With a generic publish on MqttPublisher: void this.publisher?.publishJson('shadow', { ...r, station: this.cfg.station.id });
+    this.publisher?.publishShadow({
+      partId: r.partId ?? null,
+      agree: r.agree,
+      active: { verdict: r.active.verdict, score: r.active.score, threshold: r.active.threshold },
+      shadow: { verdict: r.shadow.verdict, score: r.shadow.score, threshold: r.shadow.threshold },
+      activeModel: r.activeModel ?? null,
+      shadowModel: r.shadowModel ?? null,
+    });
+  }
+
+  /** cmd/model (MQTT) and POST /v1/commands/model: the model lifecycle. */
+  private async modelCommand(p: { action?: string; ref?: string; everyN?: number }): Promise<unknown> {
+    const models = this.models;
+    if (!models) throw new Error('no model manager: the agent is not running');
+    switch (p.action) {
+      case 'swap':
+        if (!p.ref) throw new Error("model swap needs 'ref' (name@version, name@latest or a bundle folder)");
+        return models.swap(p.ref);
+      case 'shadow':
+        return p.ref ? models.setShadow(p.ref, { everyN: p.everyN ?? 1 }) : models.clearShadow();
+      case 'promote':
+        return models.promote();
+      case 'rollback':
+        return models.rollback();
+      case 'versions':
+        return models.versions();
+      default:
+        throw new Error(`unknown model action '${String(p.action)}': use swap, shadow, promote, rollback or versions`);
+    }
   }
 
   private async publishStatus(): Promise<void> {
@@ -337,20 +367,10 @@ export class Agent {
         return { state: this.state };
       case 'status':
         return this.status();
-      case 'model-swap':
-        return this.models!.swap(String((payload as { ref?: unknown }).ref));
-      case 'model-shadow': {
-        const p = payload as { ref?: unknown; everyN?: unknown };
-        return p.ref ? this.models!.setShadow(String(p.ref), { everyN: typeof p.everyN === 'number' ? p.everyN : 1 }) : this.models!.clearShadow();
-      }
-      case 'model-promote':
-        return this.models!.promote();
-      case 'model-rollback':
-        return this.models!.rollback();
-      case 'model-versions':
-        return this.models!.versions();
+      case 'model':
+        return this.modelCommand(payload as { action?: string; ref?: string; everyN?: number });
       default:
-        throw new Error(`unknown command '${name}': use trigger, pause, resume or status`);
+        throw new Error(`unknown command '${name}': use trigger, pause, resume, status or model`);
     }
     void payload;
   }

@@ -19,6 +19,7 @@ import type { Metrics } from '../telemetry/metrics.js';
 import type { LineSnapshot } from '../telemetry/stats.js';
 import type { StackLightState } from '../line/stacklight.js';
 import { operatorPage } from './page.js';
+import { parseCommand } from '../publish/commands.js';
 
 export interface HttpDeps {
   cfg: Config['http'];
@@ -65,7 +66,7 @@ export interface PartSummary {
 }
 
 const REJECTS_KEPT = 12;
-const COMMANDS = new Set(['trigger', 'pause', 'resume']);
+const COMMANDS = new Set(['trigger', 'pause', 'resume', 'model']);
 
 export function summarize(p: Part): PartSummary {
   return {
@@ -288,16 +289,11 @@ export class HttpServer {
       const name = cmd[1]!;
       if (!COMMANDS.has(name)) throw new HttpError(404, `unknown command '${name}': use ${[...COMMANDS].join(', ')}`);
       const body = await readBody(req, 64 * 1024);
-      let payload: unknown = {};
-      if (body.length > 0) {
-        try {
-          payload = JSON.parse(body.toString('utf8'));
-        } catch (err) {
-          throw new HttpError(400, `body is not JSON: ${(err as Error).message} (send {} or nothing)`);
-        }
-      }
+      // The same schemas as MQTT commands: one contract, one set of error messages.
+      const parsed = parseCommand(name, body);
+      if (!parsed.ok) throw new HttpError(400, parsed.error);
       try {
-        return send(res, 200, { ok: true, command: name, result: await this.d.command(name, payload) });
+        return send(res, 200, { ok: true, command: name, result: await this.d.command(name, parsed.payload) });
       } catch (err) {
         throw new HttpError(409, (err as Error).message);
       }

@@ -31,6 +31,12 @@
 // boot, so what was triggered stays known after the records themselves are compacted away.
 // A torn last line (power lost mid-write) fails its CRC and is dropped: its triggered() never
 // resolved, so that part's inspection never started.
+//
+// Files are preallocated with zeros (CHUNK at a time) and records overwrite them in place: an
+// fdatasync that changes no metadata (no new size, no new blocks) needs no file-system journal
+// commit, which on ext4 would also wait for other files' dirty data. That keeps the sync the
+// inference waits for short while the rest of the box writes (outbox, archive, logs). Records are
+// JSON text, which never holds a zero byte: the first zero where a record would start is the end.
 import { closeSync, fdatasync, fsync, mkdirSync, openSync, readdirSync, readFileSync, unlinkSync, writeSync, close as closeCb } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -90,6 +96,8 @@ export interface JournalStats {
   torn: number;
   corrupt: number;
   syncs: number;
+  /** Longest fdatasync so far (ms): the time a part may wait before its inference. */
+  syncMsMax: number;
   compactions: number;
   writeErrors: number;
   syncErrors: number;
@@ -98,6 +106,8 @@ export interface JournalStats {
 }
 
 const FILE = /^journal-(\d{12})\.log$/;
+/** Preallocation step: about 1500 parts of records. */
+const CHUNK = 256 * 1024;
 const fileName = (gen: number): string => `journal-${String(gen).padStart(12, '0')}.log`;
 const TRIGGER_KINDS: readonly string[] = ['freerun', 'interval', 'gpio', 'command'];
 
@@ -176,14 +186,17 @@ function load(dir: string): Loaded {
   let corrupt = 0;
   for (const gen of gens) {
     const data = readFileSync(join(dir, fileName(gen)));
+    // Records end where the preallocated zeros begin.
+    const zero = data.indexOf(0);
+    const used = zero === -1 ? data.length : zero;
     let off = 0;
-    while (off < data.length) {
+    while (off < used) {
       const nl = data.indexOf(0x0a, off);
-      const end = nl === -1 ? data.length : nl;
-      const rec = nl === -1 ? undefined : parseLine(data.subarray(off, end));
+      const end = nl === -1 || nl >= used ? used : nl;
+      const rec = end === used ? undefined : parseLine(data.subarray(off, end));
       if (!rec) {
         // The last line of a file cut short is a write the power took; one before it is damage.
-        if (nl === -1 || nl === data.length - 1) torn++;
+        if (end === used || end === used - 1) torn++;
         else corrupt++;
         off = end + 1;
         continue;
@@ -252,6 +265,9 @@ export class TriggerJournal {
   private readonly bootsKept: number;
   private readonly wallMs: () => number;
   private fd: number | undefined;
+  /** Next write offset in the current file, and its preallocated size. */
+  private pos = 0;
+  private size = 0;
   private gen = 0;
   private recordsInFile = 0;
   private readonly live = new Map<string, JournalEntry>();
@@ -268,7 +284,7 @@ export class TriggerJournal {
   private failing = false;
   private closed = false;
   private opened = false;
-  private readonly counts = { triggered: 0, decided: 0, torn: 0, corrupt: 0, syncs: 0, compactions: 0, writeErrors: 0, syncErrors: 0, unknownDecided: 0 };
+  private readonly counts = { triggered: 0, decided: 0, torn: 0, corrupt: 0, syncs: 0, syncMsMax: 0, compactions: 0, writeErrors: 0, syncErrors: 0, unknownDecided: 0 };
 
   constructor(
     readonly dir: string,
@@ -314,7 +330,9 @@ export class TriggerJournal {
     const path = join(this.dir, fileName(this.gen));
     const fd = openSync(path, 'wx');
     try {
-      this.writeAll(fd, Buffer.concat([this.header(), ...this.recovered.map((e) => frameLine(entryRecord(e)))]));
+      const first = Buffer.concat([this.header(), ...this.recovered.map((e) => frameLine(entryRecord(e)))]);
+      this.size = this.startFile(fd, first);
+      this.pos = first.length;
       await fdatasyncP(fd);
       await this.syncDir();
     } catch (err) {
@@ -417,14 +435,28 @@ export class TriggerJournal {
     return frameLine({ k: 'h', v: 1, b: this.opts.bootId, at: new Date(this.wallMs()).toISOString(), boots: Object.fromEntries(boots) });
   }
 
-  private writeAll(fd: number, buf: Buffer): void {
+  private writeAll(fd: number, buf: Buffer, at: number): void {
     let done = 0;
-    while (done < buf.length) done += writeSync(fd, buf, done, buf.length - done);
+    while (done < buf.length) done += writeSync(fd, buf, done, buf.length - done, at + done);
+  }
+
+  /** A new file: its first records, then zeros up to a whole number of chunks. Returns its size. */
+  private startFile(fd: number, first: Buffer): number {
+    const size = Math.ceil((first.length + 1) / CHUNK) * CHUNK;
+    this.writeAll(fd, Buffer.concat([first, Buffer.alloc(size - first.length)]), 0);
+    return size;
   }
 
   private append(line: Buffer): boolean {
     try {
-      this.writeAll(this.fd!, line);
+      // Out of preallocated room: one more chunk (one sync per chunk changes the file size).
+      if (this.pos + line.length >= this.size) {
+        const grow = Math.ceil((this.pos + line.length + 1 - this.size) / CHUNK) * CHUNK;
+        this.writeAll(this.fd!, Buffer.alloc(grow), this.size);
+        this.size += grow;
+      }
+      this.writeAll(this.fd!, line, this.pos);
+      this.pos += line.length;
     } catch (err) {
       this.counts.writeErrors++;
       this.fail('journal write failed: parts in flight if the agent dies now are not reported after the restart', err as Error);
@@ -455,9 +487,12 @@ export class TriggerJournal {
     const gen = this.gen + 1;
     const path = join(this.dir, fileName(gen));
     let fd: number | undefined;
+    let first: Buffer;
+    let size: number;
     try {
       fd = openSync(path, 'wx');
-      this.writeAll(fd, Buffer.concat([this.header(), ...[...this.live.values()].map((e) => frameLine(entryRecord(e)))]));
+      first = Buffer.concat([this.header(), ...[...this.live.values()].map((e) => frameLine(entryRecord(e)))]);
+      size = this.startFile(fd, first);
     } catch (err) {
       // Keep appending to the old file; the next decided() tries again.
       if (fd !== undefined) {
@@ -472,6 +507,8 @@ export class TriggerJournal {
       return;
     }
     this.fd = fd;
+    this.pos = first.length;
+    this.size = size;
     this.gen = gen;
     this.recordsInFile = 1 + this.live.size;
     this.writtenGen++;
@@ -499,9 +536,13 @@ export class TriggerJournal {
       // Everything written up to now is in this fd's file (a roll copies the open parts over).
       const target = this.writtenGen;
       const fd = this.fd;
+      const started = process.hrtime.bigint();
       try {
         await fdatasyncP(fd);
         this.counts.syncs++;
+        const ms = Number(process.hrtime.bigint() - started) / 1e6;
+        this.counts.syncMsMax = Math.max(this.counts.syncMsMax, ms);
+        if (ms > 100) this.log.warn('journal: slow disk sync: parts wait for it before their inference', { ms: Math.round(ms), dir: this.dir });
         if (this.dirSyncGen > 0 && this.dirSyncGen <= target) {
           await this.syncDir();
           this.dirSyncGen = 0;

@@ -144,6 +144,11 @@ export class MqttPublisher {
     this.started = true;
     const { cfg, station, stateDir } = this.opts;
     if (!cfg.url) throw new Error("mqtt.url is empty: set mqtt.url (e.g. 'mqtt://broker:1883') to publish results");
+    // MQTT.js quietly treats an unknown scheme as plain TCP: refuse it instead.
+    const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(cfg.url)?.[1]?.toLowerCase();
+    if (!scheme || !['mqtt', 'mqtts', 'tcp', 'ssl', 'tls', 'ws', 'wss'].includes(scheme)) {
+      throw new Error(`mqtt.url '${safeUrl(cfg.url)}' is not a broker URL: use mqtt://host:1883, or mqtts://host:8883 for TLS`);
+    }
     this.prefix = resolvePrefix(cfg.prefix, station);
     this.t = topics(this.prefix);
     this.clientId = cfg.clientId || `linesight-${station.line}-${station.id}`;
@@ -417,6 +422,16 @@ export class MqttPublisher {
       { station: this.opts.station.id, line: this.opts.station.line },
     );
     return this.enqueue(this.t?.alarm ?? '', payload, id);
+  }
+
+  /**
+   * A shadow model's verdict, for comparison by the central system. QoS 0 and not outboxed:
+   * shadow results drive no actuator and are statistics, so a lost one costs nothing.
+   */
+  publishShadow(payload: Record<string, unknown>): void {
+    if (!this.client || !this.connected || !this.t) return;
+    const body = toJson({ ...payload, station: this.opts.station.id, line: this.opts.station.line, time: new Date(this.opts.clock.wallMs()).toISOString() });
+    this.client.publish(this.t.shadow, body, { qos: 0 });
   }
 
   /**

@@ -31,6 +31,8 @@ export interface Topics {
   status: string;
   inspection: string;
   alarm: string;
+  /** Verdicts of a candidate model run in shadow (never acted on). */
+  shadow: string;
   /** Subscription filter for commands. */
   commands: string;
   /** Topic prefix of commands: `<prefix>cmd/`. */
@@ -44,6 +46,7 @@ export function topics(prefix: string): Topics {
     status: `${prefix}status`,
     inspection: `${prefix}inspection`,
     alarm: `${prefix}alarm`,
+    shadow: `${prefix}shadow`,
     commands: `${prefix}cmd/#`,
     commandPrefix: `${prefix}cmd/`,
     reply: (command) => `${prefix}reply/${command}`,

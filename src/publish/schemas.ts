@@ -209,6 +209,17 @@ export const CommandSchemas = {
   ),
   resume: T.Object({ requestId: T.Optional(RequestId) }, { additionalProperties: false, description: 'inspect again after a pause' }),
   status: T.Object({ requestId: T.Optional(RequestId) }, { additionalProperties: false, description: "reply with the agent's status" }),
+  model: T.Object(
+    {
+      requestId: T.Optional(RequestId),
+      action: T.Union([T.Literal('swap'), T.Literal('shadow'), T.Literal('promote'), T.Literal('rollback'), T.Literal('versions')], {
+        description: 'swap: activate ref; shadow: run ref in shadow (no ref = stop the shadow); promote: make the shadow active; rollback: back to the previous model; versions: list them',
+      }),
+      ref: T.Optional(T.String({ minLength: 1, maxLength: 500, description: "name@version, name@latest or a bundle folder on the device" })),
+      everyN: T.Optional(T.Integer({ minimum: 1, maximum: 1000, description: 'shadow: run on every Nth part' })),
+    },
+    { additionalProperties: false, description: 'model lifecycle: hot swap, shadow, promote, rollback' },
+  ),
 } satisfies Record<string, TObject>;
 
 const ReplyCommon = {

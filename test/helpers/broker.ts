@@ -107,6 +107,10 @@ async function startMosquitto(bin: string): Promise<TestBroker> {
     out = '';
     const p = spawn(bin, ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
     proc = p;
+    // A test process that dies without its after() hook must not leave a broker running.
+    const reap = (): void => void p.kill('SIGKILL');
+    process.once('exit', reap);
+    p.once('exit', () => process.off('exit', reap));
     p.stdout?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-4000)));
     p.stderr?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-4000)));
     await waitListening(port, p, () => out);

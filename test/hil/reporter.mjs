@@ -24,14 +24,18 @@ export default async function* hilReporter(source) {
       // Nothing is skipped to go green: a skipped test counts as a failure here.
       yield `FAIL ${name}: skipped (${d.skip || d.todo || 'no reason'})\n`;
     } else if (ev.type === 'test:pass') {
-      yield `PASS ${name}\n`;
+      yield `PASS ${name} (${ms(d)})\n`;
     } else {
       const err = d.details?.error;
-      yield `FAIL ${name}: ${firstLine(err)}\n`;
+      yield `FAIL ${name}: ${firstLine(err)} (${ms(d)})\n`;
       const more = String(err?.cause?.stack ?? err?.stack ?? '').split('\n').slice(1, 8);
       for (const l of more) yield `    ${l}\n`;
     }
   }
+}
+
+function ms(d) {
+  return `${Math.round(d.details?.duration_ms ?? 0)} ms`;
 }
 
 function firstLine(err) {

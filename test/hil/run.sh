@@ -184,18 +184,21 @@ node "$HIL/bundle.mjs" "$OUT" "${SCENARIOS[@]}" || die "bundling the scenarios f
 
 # ── boot ─────────────────────────────────────────────────────────────────────────────────────────
 LOG="$OUT/console.log"
-say "booting $KVER under qemu TCG (${SMP} vCPU, ${MEM} MiB); scenarios: ${#SCENARIOS[@]}"
+BIOS=()
+[ -f /usr/share/qemu/qboot.rom ] && BIOS=(-bios /usr/share/qemu/qboot.rom) # boots faster than SeaBIOS
+say "booting $KVER under qemu TCG (${SMP} vCPU, ${MEM} MiB) at $(elapsed) s; scenarios: ${#SCENARIOS[@]}"
 BOOT0=$(date +%s.%N)
 set +e
 timeout --kill-after=10 "$TIMEOUT" qemu-system-x86_64 \
   -accel tcg,thread=multi -cpu max -smp "$SMP" -m "$MEM" \
-  -nodefaults -no-user-config -display none -no-reboot \
+  -nodefaults -no-user-config -display none -no-reboot "${BIOS[@]}" \
   -serial stdio -monitor none \
   -kernel "$K/vmlinuz" -initrd "$K/initrd.img" \
   -append "console=ttyS0 quiet loglevel=3 panic=-1 linesight.plan=$OUT/plan.sh" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   </dev/null 2>&1 | tr -d '\r' | tee "$LOG" | grep --line-buffered -E '^(PASS|FAIL|HIL|    )' | sed -u 's/^/  /'
 QEMU_RC=${PIPESTATUS[0]}
+BOOT1=$(date +%s.%N)
 set -e
 [ "$QEMU_RC" = 124 ] && say "the guest ran past ${TIMEOUT} s and was stopped"
 
@@ -207,6 +210,6 @@ if ! grep -q '^HIL done' "$LOG"; then
   grep -vE '^(PASS|FAIL)' "$LOG" | tail -n 30 >&2
   FAILED=$((FAILED + 1))
 fi
-say "guest: boot to userspace ${BOOT_S:-?} s; whole run $(elapsed) s"
+say "guest: kernel to /init ${BOOT_S:-?} s, qemu $(awk -v a="$BOOT0" -v b="$BOOT1" 'BEGIN { printf "%.1f", b - a }') s; whole run $(elapsed) s"
 echo "$PASSED passed, $FAILED failed"
 [ "$FAILED" = 0 ] && [ "$PASSED" -gt 0 ]

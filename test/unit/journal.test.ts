@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { appendFileSync, copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Value } from '@sinclair/typebox/value';
@@ -16,6 +16,12 @@ import type { Part, TriggerKind } from '../../src/part.js';
 const tmp = (): string => mkdtempSync(join(tmpdir(), 'linesight-journal-'));
 const files = (dir: string): string[] => readdirSync(dir).filter((f) => f.endsWith('.log')).sort();
 const text = (dir: string): string => files(dir).map((f) => readFileSync(join(dir, f), 'utf8')).join('');
+/** The records of a journal file: it is preallocated with zeros, the records end at the first. */
+const used = (file: string): Buffer => {
+  const b = readFileSync(file);
+  const z = b.indexOf(0);
+  return z === -1 ? b : b.subarray(0, z);
+};
 
 function part(boot: string, seq: number, trigger: TriggerKind = 'gpio', station = 'st-1'): Part {
   return {
@@ -132,8 +138,12 @@ test('a torn last record (power lost mid-write) is dropped; a damaged record in 
     const at = bytes.indexOf('"i":"st-1-b1-000003"');
     bytes[at + 10] = bytes[at + 10]! ^ 0x01;
     writeFileSync(file, bytes);
-    // And a write cut short at the end: half a line, no newline.
-    appendFileSync(file, '1a2b3c4d {"k":"t","i":"st-1-b1-000005","s":5,"st":"st-1","tk":"gp');
+    // And a write cut short at the end of the records: half a line, no newline, zeros after it.
+    const end = used(file).length;
+    const torn = Buffer.from('1a2b3c4d {"k":"t","i":"st-1-b1-000005","s":5,"st":"st-1","tk":"gp');
+    const damaged = readFileSync(file);
+    torn.copy(damaged, end);
+    writeFileSync(file, damaged);
     const b = new TriggerJournal(dir, { bootId: 'b2' });
     await b.open();
     assert.deepEqual(b.recover().map((p) => p.seq), [1, 4], 'seq 2 decided, 3 unreadable, 5 torn');
@@ -180,13 +190,41 @@ test('compaction: when most parts are decided the file is rewritten with the ope
     await j.flush();
     assert.ok(j.stats().compactions >= 5, `${j.stats().compactions} compactions`);
     assert.equal(files(dir).length, 1, 'the replaced files are deleted');
-    const size = statSync(join(dir, files(dir)[0]!)).size;
-    assert.ok(size < 40 * 200, `the file stays small (${size} bytes), it does not hold 600 records`);
+    const records = used(join(dir, files(dir)[0]!)).toString('utf8').split('\n').filter(Boolean).length;
+    assert.ok(records < 40, `the file holds ${records} records, not the 600 written`);
+    assert.ok(statSync(join(dir, files(dir)[0]!)).size <= 256 * 1024, 'and one preallocated chunk');
     // A crash now: exactly the open parts come back, and the summary still knows seq 300.
     const k = new TriggerJournal(dir, { bootId: 'b8' });
     await k.open();
     assert.deepEqual(k.recover().map((p) => p.id), open);
     assert.deepEqual(readJournal(dir).boots.find((b) => b.boot === 'b7'), { boot: 'b7', maxSeq: 300 });
+    await k.close();
+    await j.close();
+  });
+});
+
+test('records overwrite preallocated zeros (the file size, i.e. metadata, changes once per 256 KiB), across chunk boundaries', async () => {
+  await withDir(async (dir) => {
+    const j = new TriggerJournal(dir, { bootId: 'b1', compactAfter: 1_000_000 });
+    await j.open();
+    const file = join(dir, files(dir)[0]!);
+    const initial = statSync(file).size;
+    assert.equal(initial, 256 * 1024);
+    await j.triggered(part('b1', 1));
+    assert.equal(statSync(file).size, initial, 'a record does not grow the file');
+    // 2500 parts (a triggered and a decided record each): past the first chunk.
+    const open: number[] = [];
+    for (let s = 2; s <= 2500; s++) {
+      const durable = j.triggered(part('b1', s));
+      if (s % 97 === 0) open.push(s);
+      else j.decided(part('b1', s).id);
+      if (s % 200 === 0) await durable;
+    }
+    await j.flush();
+    assert.equal(statSync(file).size, 2 * 256 * 1024, 'grown by one chunk');
+    const k = new TriggerJournal(dir, { bootId: 'b2' });
+    await k.open();
+    assert.deepEqual(k.recover().map((p) => p.seq), [1, ...open], 'records on both sides of the chunk boundary are read');
     await k.close();
     await j.close();
   });

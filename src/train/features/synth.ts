@@ -90,6 +90,24 @@ function blob(mask: Float32Array, w: number, h: number, cx: number, cy: number, 
   }
 }
 
+/** A defect centre: anywhere inside, or (40 %) close to one of the four borders. */
+function spot(w: number, h: number, r: () => number, margin: number): [number, number] {
+  const x = w * (0.08 + 0.84 * r());
+  const y = h * (0.08 + 0.84 * r());
+  if (r() >= 0.4) return [x, y];
+  const d = margin + r() * Math.min(w, h) * 0.05;
+  switch (Math.floor(r() * 4)) {
+    case 0:
+      return [x, d];
+    case 1:
+      return [x, h - 1 - d];
+    case 2:
+      return [d, y];
+    default:
+      return [w - 1 - d, y];
+  }
+}
+
 /** Paints one synthetic defect of `kind` (random when omitted). Returns a new image. */
 export function synthesizeDefect(src: SynthImage, r: () => number, kind?: SynthKind): SynthResult {
   const k = kind ?? SYNTH_KINDS[Math.floor(r() * SYNTH_KINDS.length)]!;
@@ -114,8 +132,7 @@ export function synthesizeDefect(src: SynthImage, r: () => number, kind?: SynthK
       const n = r() < 0.75 ? 1 : 2;
       for (let j = 0; j < n; j++) {
         const rad = 2 + r() * Math.max(2, short * 0.025);
-        const cx = w * (0.1 + 0.8 * r());
-        const cy = h * (0.1 + 0.8 * r());
+        const [cx, cy] = spot(w, h, r, rad);
         ellipse(mask, w, h, cx, cy, rad * (1 + r() * 1.2), rad, r() * Math.PI, 1.5);
       }
       const dark = 0.25 + 0.35 * r();
@@ -123,11 +140,28 @@ export function synthesizeDefect(src: SynthImage, r: () => number, kind?: SynthK
       break;
     }
     case 'crack': {
-      const len = short * (0.15 + 0.6 * r());
-      let x = w * (0.1 + 0.8 * r());
-      let y = r() < 0.3 ? 0 : h * (0.05 + 0.7 * r());
-      // Mostly along the image's long axis (cracks follow the grinding direction here), with jitter.
-      let ang = (w > h * 1.6 ? 0 : Math.PI / 2) + (r() - 0.5) * 0.6;
+      // Half of them start at an edge (cracks run in from the border), mostly across the part's
+      // short dimension... here: along the image's vertical axis unless the image is very wide.
+      const fromEdge = r() < 0.5;
+      const len = short * (fromEdge ? 0.05 + 0.3 * r() : 0.15 + 0.6 * r());
+      const vertical = !(w > h * 1.6);
+      let x: number;
+      let y: number;
+      let ang = (vertical ? Math.PI / 2 : 0) + (r() - 0.5) * 0.6;
+      if (fromEdge) {
+        const far = r() < 0.5;
+        if (vertical) {
+          x = w * (0.05 + 0.9 * r());
+          y = far ? h - 1 : 0;
+        } else {
+          x = far ? w - 1 : 0;
+          y = h * (0.05 + 0.9 * r());
+        }
+        if (far) ang += Math.PI;
+      } else {
+        x = w * (0.1 + 0.8 * r());
+        y = h * (0.05 + 0.7 * r());
+      }
       const width = 0.6 + r() * 1.4;
       for (let s = 0; s < len; s += 0.5) {
         ang += (r() - 0.5) * 0.15;
@@ -146,7 +180,7 @@ export function synthesizeDefect(src: SynthImage, r: () => number, kind?: SynthK
       const along = 0.05 + 0.9 * r();
       const cx = side === 0 || side === 2 ? w * along : side === 1 ? w : 0;
       const cy = side === 1 || side === 3 ? h * along : side === 2 ? h : 0;
-      const rad = short * (0.05 + 0.12 * r());
+      const rad = short * (r() < 0.5 ? 0.02 + 0.05 * r() : 0.05 + 0.12 * r());
       blob(mask, w, h, cx, cy, rad * (0.7 + r()), rad * (0.7 + r()), r, 2);
       const rim = blurField(mask, w, h, 2, 1);
       const bg = 10 + 30 * r();
@@ -177,7 +211,7 @@ export function synthesizeDefect(src: SynthImage, r: () => number, kind?: SynthK
       // Uneven grinding: a band across the part whose brightness/texture differs, straight-ish edges.
       const horizontal = h >= w ? r() < 0.8 : r() < 0.5;
       const L = horizontal ? h : w;
-      const thick = L * (0.12 + 0.3 * r());
+      const thick = L * (r() < 0.5 ? 0.05 + 0.12 * r() : 0.12 + 0.3 * r());
       const start = r() < 0.6 ? (r() < 0.5 ? 0 : L - thick) : (L - thick) * r();
       const tilt = (r() - 0.5) * 0.1;
       const partial = r() < 0.4 ? 0.4 + 0.5 * r() : 1;
