@@ -1,18 +1,23 @@
 // Sections 2, 4 and 5a, the agent (a child process per run): the real Agent class, built from a
-// config as `linesight run` builds it — replay camera on the bench images in free-run at a frame
-// rate above capacity, the inference pool, the inspection loop, the divert scheduler on the sim
-// GPIO binding, MQTT to a real broker (Mosquitto when installed) with the durable outbox on.
+// config as `linesight run` builds it — the replay camera on the bench images, the inference pool
+// (through the model manager), the inspection loop, the divert scheduler on the sim GPIO binding,
+// MQTT at QoS 1 to a real broker (Mosquitto when installed) through the durable outbox.
+//
+// Parts come from the sim photo-eye (trigger mode gpio), toggled at a fixed rate above capacity:
+// each edge is a part whose frame is grabbed — decoded from a JPEG — when it triggers, so the
+// latency below covers decode + preprocess + queue + inference + head + decision, as the bare
+// stages in limits.ts do. Free-run (every replay frame a part) is measured too: the replay
+// camera's pacer decodes one frame at a time, so there the camera, not the agent, is the limit.
 //
 // Measured, after a warm-up:
 //   throughput   parts decided with a verdict per second (fail-safes counted apart, by reason)
 //   latency      trigger -> verdict -> actuation scheduled: the 'decided' event (InspectionLoop
-//                emits it after DivertScheduler.schedule) minus the part's trigger time. The replay
-//                camera stamps a frame when its decode has finished, as a live camera stamps it
-//                when the frame arrives, so decode is not inside this latency (it is in the bound).
+//                emits it after DivertScheduler.schedule) minus the part's trigger time
 //   lag          perf_hooks.monitorEventLoopDelay over the window (main thread)
-//   divert edges every rising/falling edge of the sim divert output (SimGpio.history) against the
-//                pulse windows the diverted parts asked for (gate time, pulse width, merged when
-//                they overlap as DivertScheduler merges them)
+//   divert edges for every pulse window the diverted parts asked for (gate time, pulse width,
+//                merged when they overlap, as DivertScheduler merges them): the time from its
+//                scheduled start (end) until the sim divert output is high (low), from
+//                SimGpio.history()
 //   memory       RSS every `rssEvery` decided parts (the 100k-part soak)
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -33,6 +38,13 @@ export interface AgentParams {
   model: ModelKey;
   workers: number;
   threads: number;
+  /**
+   * 'photo-eye': the sim photo-eye input is toggled `fps` times a second; each edge is a part that
+   * grabs (decodes) its own frame, concurrently, as on a line with a photo-eye. 'freerun': the
+   * replay camera paces itself at `fps` and every frame is a part; its pacer decodes one frame at
+   * a time, so above ~1 / decode latency it measures the camera rather than the agent.
+   */
+  trigger: 'photo-eye' | 'freerun';
   fps: number;
   warmupS: number;
   /** Measurement window; or run until `parts` parts are decided. */
@@ -115,6 +127,28 @@ function edgeErrors(expected: number[], level: 0 | 1, history: { value: 0 | 1; t
   return errors;
 }
 
+const PHOTO_EYE = { chip: 'sim0', line: 0 };
+
+/**
+ * Toggles the sim photo-eye `rate` times a second on an absolute schedule (a late tick fires the
+ * edges it missed, as parts keep arriving on a belt whatever the agent is doing).
+ */
+function photoEye(gpio: SimGpio, rate: number): { stop(): void } {
+  const period = 1000 / rate;
+  let next = nowMs() + period;
+  let timer: NodeJS.Timeout | undefined;
+  const tick = (): void => {
+    const now = nowMs();
+    for (let n = 0; next <= now && n < 1000; n++, next += period) {
+      gpio.drive(PHOTO_EYE, 1);
+      gpio.drive(PHOTO_EYE, 0);
+    }
+    timer = setTimeout(tick, Math.max(0, Math.floor(next - nowMs())));
+  };
+  timer = setTimeout(tick, Math.floor(period));
+  return { stop: () => clearTimeout(timer) };
+}
+
 async function main(): Promise<void> {
   const p = childParams<AgentParams>();
   const frame = FRAME[p.model];
@@ -127,8 +161,8 @@ async function main(): Promise<void> {
   const log = createLogger({ level: 'warn', sink: { write: () => void logLines++ } });
   const cfg = parseConfig({
     station: { line: 'bench', id: 'st1', stateDir },
-    camera: { source: 'replay', replay: { dir: images.dir, order: 'sorted', loop: true, fps: p.fps, colour: m.manifest.input.colour === 'gray' ? 'gray' : 'rgb' } },
-    trigger: { mode: 'freerun' },
+    camera: { source: 'replay', replay: { dir: images.dir, order: 'sorted', loop: true, fps: Math.min(1000, p.fps), colour: m.manifest.input.colour === 'gray' ? 'gray' : 'rgb' } },
+    trigger: p.trigger === 'freerun' ? { mode: 'freerun' } : { mode: 'gpio', gpio: { edge: 'rising', debounceMs: 0 } },
     model: { path: m.dir, providers: ['cpu'], workers: p.workers, intraOpThreads: p.threads, queueLimit: p.queueLimit ?? 8 },
     line: { travelMs: p.travelMs ?? 1000, pulseMs, marginMs: 20, maxInFlight: p.maxInFlight ?? 32 },
     gpio: { backend: 'sim' },
@@ -182,10 +216,11 @@ async function main(): Promise<void> {
     }
   });
 
-  progress(`${p.label ?? p.model}: starting the agent (${p.workers} worker(s) x ${p.threads} thread(s), camera ${p.fps} fps)`);
+  progress(`${p.label ?? p.model}: starting the agent (${p.workers} worker(s) x ${p.threads} thread(s), ${p.trigger} ${p.fps}/s)`);
   const t0 = nowMs();
   await agent.start();
   const startMs = r1(nowMs() - t0);
+  const eye = p.trigger === 'freerun' ? undefined : photoEye(gpio, p.fps);
   await sleep(p.warmupS * 1000);
 
   const lag = monitorEventLoopDelay({ resolution: 1 });
@@ -203,6 +238,7 @@ async function main(): Promise<void> {
   const foreignCores = foreign.foreign();
   const mq = agent.status().mqtt;
 
+  eye?.stop();
   await agent.stop();
   const history = gpio.history(DIVERT).map((h) => ({ value: h.value, t: ms(h.timeNs) }));
   const windows = expectedWindows(diverted, pulseMs);

@@ -4,7 +4,6 @@
 //
 // Protocol: the worker starts from workerData (model bytes, manifest, providers), answers 'ready'
 // or 'init-error', then serves 'run' requests with 'result' or 'error'.
-import { getPriority, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { env, InferenceSession, Tensor } from 'onnxruntime-node';
 import { checkModelIO } from './manifest.js';
@@ -52,15 +51,6 @@ env.logLevel = 'fatal';
 
 if (!parentPort) throw new Error('inference worker: must run in a worker thread');
 
-// EXPERIMENT
-const NICE = Number(process.env.LS_NICE ?? 0);
-if (NICE) {
-  try {
-    setPriority(0, Math.min(19, getPriority(0) + NICE));
-  } catch {
-    /* not allowed here: run at the default priority */
-  }
-}
 const port = parentPort;
 const send = (msg: FromWorker): void => port.postMessage(msg);
 const ms = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e6;

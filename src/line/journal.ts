@@ -352,9 +352,20 @@ export class TriggerJournal {
     }
   }
 
-  /** Parts triggered in an earlier run and never decided, as 'crash' fail-safe diverts. */
-  recover(): Part[] {
-    return this.recovered.map(crashPart);
+  /**
+   * Parts triggered in an earlier run and never decided, as 'crash' fail-safe diverts.
+   * `delivered(id)` says whether the outbox already holds a part's result: a kill between the
+   * outbox's write and its fsync leaves the record in the page cache (so it is replayed) while
+   * decided() never ran. Such parts are crossed off here, not reported twice.
+   */
+  recover(delivered?: (partId: string) => boolean): Part[] {
+    const out: Part[] = [];
+    for (const e of this.recovered) {
+      if (!this.live.has(e.id)) continue;
+      if (delivered?.(e.id)) this.decided(e.id);
+      else out.push(crashPart(e));
+    }
+    return out;
   }
 
   /**

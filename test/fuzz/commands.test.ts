@@ -67,7 +67,7 @@ test('parseCommand on any topic tail and payload: ok or a clear error, never a t
       });
       assert.equal(typeof toJson(reply), 'string');
     }),
-    { seed: SEED, numRuns: runs(5000), includeErrorInReport: true },
+    { seed: SEED, numRuns: runs(12000), includeErrorInReport: true },
   );
 });
 
@@ -85,6 +85,6 @@ test('replyRoute on any MQTT 5 response topic and correlation data: a topic to p
         assert.ok(!/[+#]/.test(r.topic), 'never a wildcard topic');
       },
     ),
-    { seed: SEED, numRuns: runs(1000), includeErrorInReport: true },
+    { seed: SEED, numRuns: runs(2000), includeErrorInReport: true },
   );
 });

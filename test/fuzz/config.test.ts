@@ -123,7 +123,7 @@ test('parsed objects (what YAML gives): a valid config or a ConfigError, nothing
       tried.objects = (tried.objects ?? 0) + 1;
       check(() => parseConfig(input));
     }),
-    { seed: SEED, numRuns: runs(3000), includeErrorInReport: true },
+    { seed: SEED, numRuns: runs(6000), includeErrorInReport: true },
   );
 });
 
@@ -141,7 +141,7 @@ test('environment overrides: a valid config or a ConfigError, nothing else', () 
       tried.env = (tried.env ?? 0) + 1;
       check(() => parseConfig(input, { env }));
     }),
-    { seed: SEED, numRuns: runs(1500), includeErrorInReport: true },
+    { seed: SEED, numRuns: runs(3000), includeErrorInReport: true },
   );
 });
 
@@ -186,6 +186,6 @@ test('YAML files: loadConfig gives a valid config or a ConfigError, nothing else
       writeFileSync(file, text);
       check(() => loadConfig(file, {}));
     }),
-    { seed: SEED, numRuns: runs(1500), includeErrorInReport: true },
+    { seed: SEED, numRuns: runs(3000), includeErrorInReport: true },
   );
 });

@@ -194,7 +194,7 @@ test('POST /v1/predict with random bytes, types and multipart bodies: always an 
       tried.predict = (tried.predict ?? 0) + 1;
       verify(r, await send(r));
     }),
-    { seed: SEED, numRuns: runs(600), includeErrorInReport: true },
+    { seed: SEED, numRuns: runs(1500), includeErrorInReport: true },
   );
 });
 
@@ -204,7 +204,7 @@ test('POST /v1/commands/* with random names, bodies and tokens: always an answer
       tried.commands = (tried.commands ?? 0) + 1;
       verify(r, await send(r));
     }),
-    { seed: SEED, numRuns: runs(600), includeErrorInReport: true },
+    { seed: SEED, numRuns: runs(1500), includeErrorInReport: true },
   );
 });
 
@@ -215,7 +215,7 @@ test('bursts of concurrent requests (more than http.maxConcurrent): busy is a 50
       const answers = await Promise.all(reqs.map((r) => send(r)));
       answers.forEach((res, i) => verify(reqs[i]!, res));
     }),
-    { seed: SEED, numRuns: runs(80), includeErrorInReport: true },
+    { seed: SEED, numRuns: runs(200), includeErrorInReport: true },
   );
 });
 

@@ -205,7 +205,7 @@ test('mutated valid PNG, JPEG, WebP, TIFF, GIF and BMP files: a Frame or a Frame
       tried[s.name] = (tried[s.name] ?? 0) + 1;
       await check(mutate(s.bytes, muts), colour);
     }),
-    { seed: SEED, numRuns: runs(2500), includeErrorInReport: true },
+    { seed: SEED, numRuns: runs(6000), includeErrorInReport: true },
   );
 });
 
@@ -215,6 +215,6 @@ test('random bytes, bare or behind a real file signature: a Frame or a FrameErro
       tried.random = (tried.random ?? 0) + 1;
       await check(magic ? Buffer.concat([Buffer.from(magic), rest]) : rest, colour);
     }),
-    { seed: SEED, numRuns: runs(1500), includeErrorInReport: true },
+    { seed: SEED, numRuns: runs(3000), includeErrorInReport: true },
   );
 });

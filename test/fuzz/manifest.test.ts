@@ -122,7 +122,30 @@ test('mutated model.json: path: message lines, never a throw', () => {
       tried.mutated = (tried.mutated ?? 0) + 1;
       check(doc);
     }),
-    { seed: SEED, numRuns: runs(4000), includeErrorInReport: true },
+    { seed: SEED, numRuns: runs(8000), includeErrorInReport: true },
+  );
+});
+
+// The tag fields pick a schema or a code path by name: any string there, prototype names included.
+const TAGS: [string, string][] = [
+  ['head', 'type'],
+  ['head', 'activation'],
+  ['head', 'format'],
+  ['input', 'colour'],
+  ['input', 'layout'],
+  ['input', 'dtype'],
+  ['input', 'resize'],
+];
+test('tag fields (head.type, input.colour, ...) set to any string: path: message lines, never a throw', () => {
+  fc.assert(
+    fc.property(fc.nat({ max: heads.length - 1 }), fc.constantFrom(...TAGS), fc.oneof(fc.constantFrom(...NASTY), fc.string()), (h, [obj, field], v) => {
+      tried.tags = (tried.tags ?? 0) + 1;
+      const doc = structuredClone(base) as Record<string, Record<string, Json>>;
+      doc.head = structuredClone(heads[h]!) as Record<string, Json>;
+      doc[obj]![field] = v;
+      check(doc);
+    }),
+    { seed: SEED, numRuns: runs(2000), includeErrorInReport: true },
   );
 });
 

@@ -33,7 +33,7 @@ export HIL_VIDEO=/dev/video0
 for i in $(seq 1 50); do [ -e "$HIL_GPIO_DEV" ] && [ -e "$HIL_VIDEO" ] && break; sleep 0.1; done
 [ -e "$HIL_GPIO_DEV" ] || fail_all "$HIL_GPIO_DEV did not appear"
 [ -e "$HIL_VIDEO" ] || fail_all "$HIL_VIDEO did not appear"
-echo "HIL devices at $(cut -d" " -f1 /proc/uptime) s: $HIL_GPIO_DEV ($HIL_GPIO_LABEL, sim $HIL_GPIO_SIM) $HIL_VIDEO; $(uname -r)"
+echo "HIL devices at $(cut -d" " -f1 /proc/uptime) s: $HIL_GPIO_DEV ($HIL_GPIO_LABEL, sim $HIL_GPIO_SIM) $HIL_VIDEO; lo flags $(cat /sys/class/net/lo/flags); $(uname -r)"
 
 for s in $SCENARIOS; do
   echo "HIL scenario $s start $(cut -d' ' -f1 /proc/uptime)"

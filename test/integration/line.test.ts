@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import mqtt from 'mqtt';
 import sharp from 'sharp';
 import { Agent } from '../../src/agent.js';
-import { SystemClock, msToNs, nsToMs } from '../../src/clock.js';
+import { SystemClock, nsToMs } from '../../src/clock.js';
 import { parseConfig } from '../../src/config/load.js';
 import { SimGpio } from '../../src/gpio/sim.js';
 import { renderFilmFrame } from '../../src/camera/synthetic.js';
@@ -75,23 +75,23 @@ function rig(overrides: Record<string, unknown>) {
 
 const DIVERT = { chip: 'sim0', line: 1 };
 
-/** Every diverted part has a pulse starting at its gate time; no pulse starts near a passed part's gate. */
-function checkPulses(gpio: SimGpio, parts: Part[], toleranceMs: number): void {
-  const rises = gpio.history(DIVERT).filter((h) => h.value === 1).map((h) => h.timeNs);
-  const diverted = parts.filter((p) => p.action === 'divert');
-  for (const p of diverted) {
+/**
+ * Pulses belong to the right parts: one rising edge per diverted part, in gate order, never
+ * before its gate time and before the next part (of any verdict) reaches the gate. How late within
+ * that window is timing, measured by `npm run bench`, not asserted here.
+ */
+function checkPulses(gpio: SimGpio, parts: Part[]): void {
+  const rises = gpio.history(DIVERT).slice(1).filter((h) => h.value === 1).map((h) => h.timeNs);
+  const byGate = [...parts].sort((a, b) => (a.t.gateNs! < b.t.gateNs! ? -1 : 1));
+  const diverted = byGate.filter((p) => p.action === 'divert');
+  assert.equal(rises.length, diverted.length, `${rises.length} divert pulses for ${diverted.length} diverted parts`);
+  diverted.forEach((p, i) => {
     const gate = p.t.gateNs!;
-    const hit = rises.find((t) => t >= gate - msToNs(1) && t <= gate + msToNs(toleranceMs));
-    // Merged pulses: an earlier pulse still holding the gate open also diverts this part.
-    const held = gpio.history(DIVERT).some((h, i, all) => h.value === 1 && h.timeNs <= gate && (all[i + 1]?.timeNs ?? gate + 1n) > gate);
-    assert.ok(hit !== undefined || held, `no divert pulse at ${p.id}'s gate time (reason ${p.reason ?? p.verdict?.verdict})`);
-  }
-  for (const p of parts.filter((x) => x.action === 'pass')) {
-    const gate = p.t.gateNs!;
-    const near = rises.find((t) => t >= gate - msToNs(1) && t <= gate + msToNs(toleranceMs));
-    const other = diverted.find((d) => d.t.gateNs! <= gate + msToNs(toleranceMs) && d.t.gateNs! >= gate - msToNs(toleranceMs));
-    assert.ok(near === undefined || other !== undefined, `a divert pulse started at passed part ${p.id}'s gate`);
-  }
+    const next = byGate[byGate.indexOf(p) + 1]?.t.gateNs;
+    const late = nsToMs(rises[i]! - gate);
+    assert.ok(late >= -1, `pulse for ${p.id} came ${-late} ms before its gate time`);
+    if (next !== undefined) assert.ok(rises[i]! < next, `pulse for ${p.id} came ${late.toFixed(1)} ms late, after the next part reached the gate`);
+  });
 }
 
 test('free-run demo line: every part is published with its verdict, rejects and fail-safes pulse the diverter', async () => {
@@ -118,8 +118,7 @@ test('free-run demo line: every part is published with its verdict, rejects and 
       if (p.verdict?.verdict === 'reject') assert.equal(p.action, 'divert');
     }
     assert.equal(new Set(parts.map((p) => p.id)).size, parts.length, 'part ids unique');
-    // Generous: this is behaviour (the pulse belongs to this part), not timing; bench/ measures timing.
-    checkPulses(r.gpio, parts, 60);
+    checkPulses(r.gpio, parts);
     const states = sub.status.map((s) => s.state);
     assert.ok(states.includes('online'), `status online seen (${states.join(',')})`);
     assert.equal(states.at(-1), 'offline');
@@ -164,7 +163,7 @@ test('replay folder with a corrupt image: that part is diverted bad_frame and th
     assert.equal(msg.reason, 'bad_frame');
     // The parts after the corrupt one got real verdicts.
     assert.ok(first5.filter((p) => !p.failSafe).length === 4);
-    checkPulses(r.gpio, first5, 60);
+    checkPulses(r.gpio, r.decided);
   } finally {
     await r.agent.stop();
     await sub.client.endAsync();
@@ -176,6 +175,8 @@ test('cmd/trigger over MQTT makes a part and replies with its id', async () => {
   const sub = await subscribe(r.prefix);
   try {
     await r.agent.start();
+    // Commands are accepted once the broker granted the subscription.
+    await until(() => r.agent.status().mqtt?.commandsReady === true, 10_000, 'command subscription');
     const replies: Record<string, unknown>[] = [];
     sub.client.on('message', (topic, payload) => {
       if (topic.startsWith(`${r.prefix}reply/`)) replies.push(JSON.parse(payload.toString()));
@@ -202,5 +203,4 @@ test('a model whose inputs disagree with its manifest is refused at start with a
   writeFileSync(join(dir, 'model.json'), JSON.stringify(manifest));
   const r = rig({ model: { path: dir } });
   await assert.rejects(r.agent.start(), (err: Error) => /width|expects|mismatch/i.test(err.message) && err.message.includes(String(manifest.input.width)));
-  void nsToMs;
 });

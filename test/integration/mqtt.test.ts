@@ -302,7 +302,7 @@ for (const version of [4, 5] as const) {
     assert.equal(unknown.topic, `${prefix}reply/explode`);
     assert.equal(unknown.body.ok, false);
     assert.equal(unknown.body.requestId, 'r3');
-    assert.match(String(unknown.body.error), /unknown command 'explode': known commands are pause, resume, status, trigger/);
+    assert.match(String(unknown.body.error), /unknown command 'explode': known commands are model, pause, resume, status, trigger/);
 
     const field = await ask('trigger', '{"requestId":"r4","count":3}');
     assert.match(String(field.body.error), /unknown field 'count'/);

@@ -89,6 +89,26 @@ test('a triggered part is in the file when triggered() returns; a re-open withou
   });
 });
 
+test('a part whose result the outbox already holds is crossed off at recovery, not reported twice', async () => {
+  await withDir(async (dir) => {
+    const a = new TriggerJournal(dir, { bootId: 'b1' });
+    await a.open();
+    for (let s = 1; s <= 3; s++) await a.triggered(part('b1', s));
+    // Killed after part 2's result reached the outbox file, before decided() ran.
+    const b = new TriggerJournal(dir, { bootId: 'b2' });
+    await b.open();
+    const inOutbox = new Set(['st-1-b1-000002']);
+    assert.deepEqual(b.recover((id) => inOutbox.has(id)).map((p) => p.seq), [1, 3]);
+    assert.equal(b.stats().open, 2, 'part 2 is crossed off: its real result is replayed from the outbox');
+    await b.close();
+    const c = new TriggerJournal(dir, { bootId: 'b3' });
+    await c.open();
+    assert.deepEqual(c.recover().map((p) => p.seq), [1, 3]);
+    await c.close();
+    await a.close();
+  });
+});
+
 test('recovered parts stay in the journal until decided: a second crash reports them again, naming their own boot', async () => {
   await withDir(async (dir) => {
     const a = new TriggerJournal(dir, { bootId: 'b1' });

@@ -3,6 +3,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { loadNative, nativeDir, nativeStatus, NativeUnavailableError, resetNativeForTests, tryLoadNative } from '../../src/native/addon.js';
+import { logNativeBackends, nativeBackends } from '../../src/native/index.js';
+import { memoryLogger } from '../../src/log.js';
 
 test('the addon loads, with the GPIO, V4L2 and sd_notify entry points', () => {
   resetNativeForTests();
@@ -14,6 +16,10 @@ test('the addon loads, with the GPIO, V4L2 and sd_notify entry points', () => {
   assert.equal(typeof addon.notify, 'function');
   assert.deepEqual(nativeStatus(), { available: true, dir: nativeDir() });
   assert.equal(tryLoadNative(), addon, 'loaded once');
+  assert.deepEqual(nativeBackends(), { native: true, gpio: 'chardev', camera: 'v4l2', notify: 'native' });
+  const log = memoryLogger();
+  logNativeBackends(log);
+  assert.equal(log.records[0]!.msg, 'native addon loaded');
 });
 
 test("the addon's monotonic clock is process.hrtime's (CLOCK_MONOTONIC)", () => {
@@ -31,6 +37,11 @@ test('switched off, it reports why and which fallbacks run, without loading', ()
     assert.equal(tryLoadNative(), undefined);
     assert.throws(loadNative, (e: Error) => e instanceof NativeUnavailableError && /LINESIGHT_NATIVE=off/.test(e.message) && /onoff/.test(e.message));
     assert.equal(nativeStatus().available, false);
+    const log = memoryLogger();
+    const b = logNativeBackends(log);
+    assert.deepEqual({ ...b, reason: undefined }, { native: false, reason: undefined, gpio: 'onoff', camera: 'ffmpeg', notify: 'systemd-notify' });
+    assert.equal(log.records[0]!.level, 'warn');
+    assert.match(String(log.records[0]!.reason), /LINESIGHT_NATIVE=off/);
   } finally {
     if (saved === undefined) delete process.env.LINESIGHT_NATIVE;
     else process.env.LINESIGHT_NATIVE = saved;

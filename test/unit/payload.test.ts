@@ -210,7 +210,7 @@ test('parseCommand: each bad request gets an error naming the problem and the fi
   assert.match(bad('trigger', '"go"').error, /got string/);
 
   const unknown = bad('explode', '{"requestId":"r2"}');
-  assert.match(unknown.error, /unknown command 'explode': known commands are pause, resume, status, trigger/);
+  assert.match(unknown.error, /unknown command 'explode': known commands are model, pause, resume, status, trigger/);
   assert.equal(unknown.requestId, 'r2', 'echoed even when refused');
 
   const field = bad('trigger', '{"requestId":"r3","count":2}');
