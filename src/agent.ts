@@ -6,7 +6,7 @@ import { SystemClock, type Clock } from './clock.js';
 import type { Config } from './config/schema.js';
 import { createFrameSource } from './camera/index.js';
 import type { FrameSource } from './camera/types.js';
-import { createGpioBinding } from './gpio/index.js';
+import { createGpioBinding, canSchedulePulses } from './gpio/index.js';
 import type { GpioBinding, GpioOutput, LineSpec } from './gpio/types.js';
 import { join } from 'node:path';
 import { InferencePool } from './inference/index.js';
@@ -15,7 +15,7 @@ import { ModelManager, type ShadowVerdict } from './models/manager.js';
 import { ModelStore } from './models/registry.js';
 import { readPublicKey } from './models/sign.js';
 import type { Inspector } from './inference/types.js';
-import { DivertScheduler } from './line/divert.js';
+import { DivertScheduler, type NativePulses } from './line/divert.js';
 import { InspectionLoop, travelMs, type TriggerInput } from './line/loop.js';
 import { PartIds, nextBootId } from './line/part-id.js';
 import type { Logger } from './log.js';
@@ -25,6 +25,7 @@ import { LineStats } from './telemetry/stats.js';
 import { Metrics } from './telemetry/metrics.js';
 import { StackLight, type StackLightOutputs } from './line/stacklight.js';
 import { HttpServer } from './http/server.js';
+import { notify, startWatchdog } from './native/notify.js';
 import type { Frame } from './part.js';
 import type { InferenceResult } from './inference/types.js';
 import { createTrigger } from './trigger/index.js';
@@ -86,6 +87,8 @@ export class Agent {
   private divertOut?: GpioOutput;
   private readyOut?: GpioOutput;
   private heartbeat?: NodeJS.Timeout;
+  private lastProgress = 0;
+  private stopWatchdog?: () => void;
   private loop?: InspectionLoop;
   private trigger?: Trigger;
   private command?: CommandTrigger;
@@ -191,6 +194,7 @@ export class Agent {
         log: log.child({ mod: 'divert' }),
         onEdge: (on, t) => this.bus.emit('divert', on, t),
         onError: (err) => this.bus.emit('alarm', { kind: 'gpio', severity: 'critical', message: `divert output: ${err.message}` }),
+        native: this.nativePulses(gpio, this.divertOut),
       });
       this.loop = new InspectionLoop({
         clock, log: log.child({ mod: 'line' }), bus: this.bus, source, inspector,
@@ -251,6 +255,14 @@ export class Agent {
       this.setState('running');
       await this.setReady();
       await this.publishStatus();
+      // systemd (Type=notify): ready once the model is loaded and the camera started; the
+      // watchdog is fed only while the loop makes progress.
+      this.unsub.push(this.bus.on('decided', () => void (this.lastProgress = Date.now())));
+      this.lastProgress = Date.now();
+      await notify({ READY: '1', STATUS: `inspecting with ${info.model.name}@${info.model.version} on ${info.provider}` }, { log }).catch((err: Error) =>
+        log.warn('sd_notify READY failed', { err: err.message }),
+      );
+      this.stopWatchdog = startWatchdog(() => this.makingProgress(), { log });
       log.info('line running', {
         station: cfg.station.id, trigger: cfg.trigger.mode, camera: cfg.camera.source, gpio: this.gpio.name,
         travelMs: travelMs(cfg.line), mqtt: cfg.mqtt.url || null,
@@ -260,6 +272,27 @@ export class Agent {
       await this.stop().catch(() => {});
       throw err;
     }
+  }
+
+  /**
+   * Progress for the systemd watchdog: in free-run and interval modes parts must keep being
+   * decided; with a photo-eye or commands, a quiet line is normal, so an answering loop is enough.
+   */
+  private makingProgress(): boolean {
+    if (this.state !== 'running' && this.state !== 'paused') return false;
+    if (this.state === 'paused' || this.cfg.trigger.mode === 'gpio' || this.cfg.trigger.mode === 'command') return true;
+    const period = this.cfg.trigger.mode === 'interval' ? this.cfg.trigger.intervalMs : 1000 / this.cfg.camera.synthetic.fps;
+    return Date.now() - this.lastProgress < Math.max(5000, 5 * period);
+  }
+
+  /** The native binding's pulse thread for the divert output, when the binding has one. */
+  private nativePulses(gpio: GpioBinding, out: GpioOutput | undefined): NativePulses | undefined {
+    if (!out || !canSchedulePulses(gpio)) return undefined;
+    return {
+      schedule: (atNs, widthMs) => gpio.schedulePulse(out, atNs, widthMs),
+      cancel: () => gpio.cancelPulses(out),
+      onEdge: (cb) => gpio.onPulseEdge(out, (ev) => cb(ev.level === 1, ev.atNs, ev.error)),
+    };
   }
 
   private async publish(p: Part): Promise<void> {
@@ -452,6 +485,8 @@ export class Agent {
   async stop(timeoutMs = 5000): Promise<void> {
     if (this.state === 'stopped' || this.state === 'stopping') return;
     this.setState('stopping');
+    this.stopWatchdog?.();
+    void notify({ STOPPING: '1', STATUS: 'stopping: finishing parts in flight' }).catch(() => {});
     await this.setReady();
     await this.trigger?.stop().catch(() => {});
     await this.command?.stop().catch(() => {});

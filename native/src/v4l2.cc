@@ -472,6 +472,7 @@ class Device : public Napi::ObjectWrap<Device> {
     if (target != Target::Raw && !CanConvert(f.fmt.pix.pixelformat))
       throw Napi::Error::New(env, "start on " + path_ + ": cannot convert " + FourccString(f.fmt.pix.pixelformat) +
                                       " to " + convert + " natively (use convert 'raw' and decode it)");
+    auto fd = DupFd(env);  // before anything that would need undoing
     auto* si = new StreamInfo{f.fmt.pix.pixelformat, f.fmt.pix.width, f.fmt.pix.height, f.fmt.pix.bytesperline,
                               uint32_t(target == Target::Gray ? 1 : target == Target::Rgb ? 3 : 0), target};
     // Unbounded TSFN queue (a fatal error always gets through); frames are limited by `inflight`.
@@ -483,7 +484,6 @@ class Device : public Napi::ObjectWrap<Device> {
     starting_ = true;
 
     // REQBUFS / mmap / STREAMON can take a while on USB cameras: on the pool.
-    auto fd = DupFd(env);
     std::string path = path_;
     auto bufs = std::make_shared<std::vector<MappedBuffer>>();
     auto self = std::make_shared<Napi::ObjectReference>(Napi::Persistent(Value()));

@@ -20,6 +20,8 @@ export {
 } from './synthetic.js';
 export { ReplaySource, listImages, labelItems, truthFromLabel } from './replay.js';
 export { FfmpegSource, ffmpegArgs, type FfmpegDeps } from './ffmpeg.js';
+export { V4l2Source } from './v4l2.js';
+import { V4l2Source } from './v4l2.js';
 
 export interface FrameSourceDeps {
   clock: Clock;
@@ -36,9 +38,11 @@ export function createFrameSource(cfg: Config['camera'], deps: FrameSourceDeps):
       return new ReplaySource(cfg.replay, { clock: deps.clock, log: deps.log });
     case 'ffmpeg':
       return new FfmpegSource(cfg.ffmpeg, deps);
+    case 'v4l2':
+      return new V4l2Source(cfg.v4l2, deps);
     default: {
       const never: never = cfg.source;
-      throw new Error(`unknown camera.source '${String(never)}': use synthetic, replay or ffmpeg`);
+      throw new Error(`unknown camera.source '${String(never)}': use synthetic, replay, ffmpeg or v4l2`);
     }
   }
 }

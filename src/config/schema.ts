@@ -26,7 +26,10 @@ export const ConfigSchema = T.Object(
     ),
     camera: T.Object(
       {
-        source: T.Union([T.Literal('synthetic'), T.Literal('replay'), T.Literal('ffmpeg')], { default: 'synthetic' }),
+        source: T.Union([T.Literal('synthetic'), T.Literal('replay'), T.Literal('ffmpeg'), T.Literal('v4l2')], {
+          default: 'synthetic',
+          description: 'synthetic: generated film with ground truth; replay: image folder; ffmpeg: any ffmpeg input; v4l2: native capture (needs the addon)',
+        }),
         synthetic: T.Object(
           {
             width: T.Integer({ minimum: 32, maximum: 4096, default: 320 }),
@@ -59,6 +62,22 @@ export const ConfigSchema = T.Object(
             stallTimeoutMs: Ms(2000, 'no frame for this long = stalled: ffmpeg is restarted', 50),
             restartMinMs: Ms(250, 'first restart backoff'),
             restartMaxMs: Ms(10000, 'longest restart backoff'),
+          },
+          { additionalProperties: false, default: {} },
+        ),
+        v4l2: T.Object(
+          {
+            device: T.String({ default: '/dev/video0' }),
+            width: T.Integer({ minimum: 16, maximum: 8192, default: 640 }),
+            height: T.Integer({ minimum: 16, maximum: 8192, default: 480 }),
+            format: T.Union([T.Literal('auto'), T.Literal('YUYV'), T.Literal('MJPG'), T.Literal('GREY'), T.Literal('RGB3')], { default: 'auto' }),
+            fps: T.Optional(T.Number({ exclusiveMinimum: 0, maximum: 1000 })),
+            colour: T.Union([T.Literal('gray'), T.Literal('rgb')], { default: 'rgb' }),
+            buffers: T.Integer({ minimum: 2, maximum: 32, default: 4 }),
+            controls: T.Record(T.String(), T.Number(), { default: {}, description: "set at start: exposure, gain, or a driver control by name ('Brightness')" }),
+            stallTimeoutMs: Ms(2000, 'no frame for this long = stalled: the device is reopened', 50),
+            restartMinMs: Ms(250, 'first reopen backoff'),
+            restartMaxMs: Ms(10000, 'longest reopen backoff'),
           },
           { additionalProperties: false, default: {} },
         ),
@@ -135,7 +154,12 @@ export const ConfigSchema = T.Object(
     ),
     gpio: T.Object(
       {
-        backend: T.Union([T.Literal('sim'), T.Literal('onoff')], { default: 'sim' }),
+        backend: T.Union([T.Literal('sim'), T.Literal('onoff'), T.Literal('chardev'), T.Literal('auto')], {
+          default: 'sim',
+          description: "sim: in memory; onoff: sysfs; chardev: GPIO character device through the native addon (kernel edge times, native divert pulses); auto: chardev when the addon loads, else onoff",
+        }),
+        debounce: T.Union([T.Literal('lockout'), T.Literal('kernel')], { default: 'lockout', description: "chardev: 'lockout' ignores edges within debounceMs of the last one (edge time = first edge); 'kernel' uses the kernel's debounce (edge stamped once stable)" }),
+        realtime: T.Boolean({ default: true, description: 'chardev: run the native pulse thread at real-time priority when allowed (LimitRTPRIO in the unit)' }),
         sysfsRoot: T.String({ default: '/sys/class/gpio', description: 'sysfs GPIO root (configurable for tests)' }),
         divert: T.Optional(LineSpecSchema),
         ready: T.Optional(LineSpecSchema),

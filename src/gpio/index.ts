@@ -3,6 +3,8 @@ import type { Clock } from '../clock.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { OnoffGpio } from './onoff.js';
+import { ChardevGpio } from './chardev.js';
+import { nativeStatus } from '../native/addon.js';
 import { SimGpio } from './sim.js';
 import type { GpioBinding } from './types.js';
 import { GpioError } from './types.js';
@@ -11,6 +13,7 @@ export * from './types.js';
 export { SimGpio, EdgeFilter } from './sim.js';
 export type { SimChip, SimGpioOptions, LevelChange } from './sim.js';
 export { OnoffGpio } from './onoff.js';
+export { ChardevGpio, canSchedulePulses, type PulseScheduling } from './chardev.js';
 export type { OnoffGpioOptions, OnoffGpioClass, OnoffGpioLike } from './onoff.js';
 export { DEFAULT_SYSFS_ROOT, listSysfsChips, findSysfsChip, resolveSysfsLine } from './sysfs.js';
 export type { SysfsChip, SysfsOptions, ResolvedLine } from './sysfs.js';
@@ -26,7 +29,15 @@ export function createGpioBinding(cfg: Config['gpio'], deps: { clock: Clock; log
       return new SimGpio({ clock: deps.clock });
     case 'onoff':
       return new OnoffGpio({ sysfsRoot: cfg.sysfsRoot, log });
+    case 'chardev':
+      return new ChardevGpio({ log, debounce: cfg.debounce, realtime: cfg.realtime });
+    case 'auto': {
+      const why = nativeStatus();
+      if (why.available) return new ChardevGpio({ log, debounce: cfg.debounce, realtime: cfg.realtime });
+      log.warn('gpio.backend auto: native addon not available, using sysfs (onoff)', { reason: why.reason });
+      return new OnoffGpio({ sysfsRoot: cfg.sysfsRoot, log });
+    }
     default:
-      throw new GpioError(`unknown gpio.backend '${String((cfg as { backend: unknown }).backend)}' (expected 'sim' or 'onoff')`);
+      throw new GpioError(`unknown gpio.backend '${String((cfg as { backend: unknown }).backend)}' (expected sim, onoff, chardev or auto)`);
   }
 }

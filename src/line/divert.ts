@@ -24,6 +24,18 @@ export interface DivertOptions {
   onEdge?: (on: boolean, timeNs: bigint) => void;
   /** Told when the output could not be driven. */
   onError?: (err: Error) => void;
+  /**
+   * A binding that drives pulses itself at an absolute monotonic deadline (the native
+   * character-device binding's timer thread): used instead of JS timers when present, so a pulse
+   * does not wait for the event loop or a GC pause.
+   */
+  native?: NativePulses;
+}
+
+export interface NativePulses {
+  schedule(atNs: bigint, widthMs: number): boolean;
+  cancel(): void;
+  onEdge(cb: (on: boolean, timeNs: bigint, error?: string) => void): void;
 }
 
 export class DivertScheduler {
@@ -31,11 +43,36 @@ export class DivertScheduler {
   private level: 0 | 1 = 0;
   private pulses = 0;
 
-  constructor(private readonly opts: DivertOptions) {}
+  private nativeEndNs = 0n;
+
+  constructor(private readonly opts: DivertOptions) {
+    opts.native?.onEdge((on, t, error) => {
+      if (error) {
+        opts.log.error('divert output write failed (native pulse)', { error });
+        opts.onError?.(new Error(`native pulse write failed: ${error}`));
+      }
+      this.level = on ? 1 : 0;
+      opts.onEdge?.(on, t);
+    });
+  }
 
   /** Schedule a divert pulse starting at `atNs` (monotonic). Returns false if `atNs` already passed. */
   schedule(atNs: bigint): boolean {
     const { clock } = this.opts;
+    if (this.opts.native) {
+      const now = clock.nowNs();
+      try {
+        const ok = this.opts.native.schedule(atNs, this.opts.pulseMs);
+        if (ok) this.pulses += 1;
+        const end = atNs + msToNs(this.opts.pulseMs);
+        if (end > this.nativeEndNs) this.nativeEndNs = end;
+        return ok && atNs >= now;
+      } catch (err) {
+        this.opts.log.error('native divert pulse refused', { err: (err as Error).message });
+        this.opts.onError?.(err as Error);
+        return false;
+      }
+    }
     const width = msToNs(this.opts.pulseMs);
     const now = clock.nowNs();
     const startNs = atNs < now ? now : atNs;
@@ -90,11 +127,12 @@ export class DivertScheduler {
 
   /** Pulses scheduled and not yet finished. */
   pending(): number {
+    if (this.opts.native) return this.nativeEndNs > this.opts.clock.nowNs() ? 1 : 0;
     return this.windows.length;
   }
 
   stats(): { pulses: number; level: 0 | 1; pending: number } {
-    return { pulses: this.pulses, level: this.level, pending: this.windows.length };
+    return { pulses: this.pulses, level: this.level, pending: this.pending() };
   }
 
   /** Cancel everything and put the output in its safe state (gate closed = output low). */
@@ -104,6 +142,12 @@ export class DivertScheduler {
       w.off?.cancel();
     }
     this.windows = [];
+    try {
+      this.opts.native?.cancel();
+    } catch {
+      /* the write below still takes the output low */
+    }
+    this.nativeEndNs = 0n;
     this.drive(0);
   }
 }

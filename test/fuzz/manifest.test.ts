@@ -49,7 +49,10 @@ function paths(v: Json, at: (string | number)[] = [], out: (string | number)[][]
 type Edit = { pick: number; op: 'delete' | 'set' | 'addKey' | 'wrap' | 'dup'; value: Json; key: string };
 const edit: fc.Arbitrary<Edit> = fc.record({ pick: fc.nat(), op: fc.constantFrom('delete', 'set', 'set', 'addKey', 'wrap', 'dup'), value, key });
 
-function apply(doc: Json, e: Edit): Json {
+function apply(doc: Json, edit: Edit): Json {
+  // A copy: constantFrom hands out the same [] / {} every time, and a mutated constant would
+  // leak into later inputs (or make a cycle when an edit puts it inside itself).
+  const e = { ...edit, value: structuredClone(edit.value) };
   const all = paths(doc);
   const path = all[e.pick % all.length]!;
   if (path.length === 0) return e.op === 'set' ? e.value : e.op === 'wrap' ? [doc] : doc;

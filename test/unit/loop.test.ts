@@ -199,3 +199,28 @@ test('part ids are unique and carry station and boot id', () => {
   assert.equal(ids.next().id, 'st1-b7-000001');
   assert.equal(ids.next().id, 'st1-b7-000002');
 });
+
+test('with a native pulse thread, the divert pulse is handed to it at the gate time', async () => {
+  const clock = new FakeClock();
+  const calls: { atNs: bigint; widthMs: number }[] = [];
+  let cancelled = 0;
+  let edge: ((on: boolean, t: bigint, error?: string) => void) | undefined;
+  const edges: boolean[] = [];
+  const errors: Error[] = [];
+  const divert = new DivertScheduler({
+    clock, pulseMs: 40, log: silentLogger, onEdge: (on) => edges.push(on), onError: (e) => errors.push(e),
+    native: { schedule: (atNs, widthMs) => (calls.push({ atNs, widthMs }), true), cancel: () => void cancelled++, onEdge: (cb) => void (edge = cb) },
+  });
+  const at = clock.nowNs() + msToNs(300);
+  assert.equal(divert.schedule(at), true);
+  assert.deepEqual(calls, [{ atNs: at, widthMs: 40 }]);
+  assert.equal(divert.pending(), 1);
+  edge!(true, at);
+  edge!(false, at + msToNs(40), 'EIO');
+  assert.deepEqual(edges, [true, false]);
+  assert.equal(errors.length, 1, 'a failed native write is reported');
+  clock.advance(400);
+  assert.equal(divert.pending(), 0);
+  divert.safeState();
+  assert.equal(cancelled, 1);
+});
