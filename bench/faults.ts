@@ -169,7 +169,10 @@ class AgentProc {
   async start(label: string): Promise<void> {
     this.boots++;
     const cmd = args.dist ? [join(repo, 'bin', 'linesight.js')] : ['--import', 'tsx', join(repo, 'src', 'cli.ts')];
-    const p = spawn(process.execPath, [...cmd, 'run', '-c', this.cfgPath], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...this.env } });
+    // Only the overrides given here: a stray LINESIGHT_* variable (LINESIGHT_TEST_BROKER from CI)
+    // would be read as a config key and refused.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('LINESIGHT_')));
+    const p = spawn(process.execPath, [...cmd, 'run', '-c', this.cfgPath], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'], env: { ...env, ...this.env } });
     this.proc = p;
     const log = createWriteStream(join(this.logDir, `agent-${this.boots}-${label}.log`));
     let buf = '';

@@ -171,7 +171,7 @@ const auth = fc.oneof(
 );
 
 const predictReq: fc.Arbitrary<Req> = fc.oneof(
-  fc.tuple(fc.option(contentType, { nil: undefined }), bytes, fc.boolean()).map(([type, body, chunked]) => ({
+  fc.tuple(fc.option(contentType, { nil: undefined }), bytes, fc.boolean()).map(([type, body, chunked]): Req => ({
     path: '/v1/predict',
     headers: type === undefined ? {} : { 'content-type': type },
     body,

@@ -23,7 +23,7 @@ test('every error is reported at once as path: message', () => {
   }
   assert.ok(err instanceof ConfigError);
   const lines = err.errors;
-  assert.ok(lines.includes('camera.source: must be one of "synthetic", "replay", "ffmpeg" (got "webcam")'), lines.join('\n'));
+  assert.ok(lines.includes('camera.source: must be one of "synthetic", "replay", "ffmpeg", "v4l2" (got "webcam")'), lines.join('\n'));
   assert.ok(lines.some((l) => l.startsWith('camera.synthetic.fps: ')));
   assert.ok(lines.some((l) => l.startsWith('model.workers: expected integer')));
   assert.ok(lines.some((l) => l.startsWith('bogus: unknown setting')));

@@ -1,0 +1,73 @@
+// Image-level descriptors from a pretrained backbone, as ONNX nodes: for each chosen layer, the
+// global average of its feature map and/or the global max of its 3x3-averaged map (the 3x3
+// average keeps one noisy activation from owning the max; the max keeps small defects from being
+// averaged away).
+import type { GraphBuilder } from '../../onnx/builder.js';
+import { importKerasLayers } from './keras-onnx.js';
+import { loadNsfwjsLayersModel, type NsfwjsModel } from './tfjs-layers.js';
+
+export interface PooledLayer {
+  /** Keras layer name. */
+  layer: string;
+  avg: boolean;
+  max: boolean;
+}
+
+export interface PooledConfig {
+  backbone: NsfwjsModel;
+  layers: PooledLayer[];
+}
+
+/** Short names for MobileNetV2 layers used in method parameters. */
+export const MOBILENET_LAYERS: Record<string, string> = {
+  b1: 'block_1_expand_relu',
+  b3: 'block_3_expand_relu',
+  b6: 'block_6_expand_relu',
+  b10: 'block_10_expand_relu',
+  b13: 'block_13_expand_relu',
+  b16: 'block_16_expand_relu',
+  out: 'out_relu',
+};
+
+/**
+ * Parses 'b3+b6+b13+b16:avg' (a layer alone means avg and max; ':avg' / ':max' one of them).
+ * Full Keras layer names are accepted too.
+ */
+export function parsePooledLayers(spec: string): PooledLayer[] {
+  return spec
+    .split('+')
+    .map((p) => p.trim())
+    .filter(Boolean)
+    .map((p) => {
+      const [name, kind] = p.split(':') as [string, string | undefined];
+      if (kind !== undefined && kind !== 'avg' && kind !== 'max') throw new Error(`layers: '${p}': use :avg or :max`);
+      return { layer: MOBILENET_LAYERS[name] ?? name, avg: kind !== 'max', max: kind !== 'avg' };
+    });
+}
+
+/**
+ * Adds backbone + pooling to `g`; returns the [1, dims] descriptor value. `image` is
+ * [1, 1|3, H, W] float32 in 0..1.
+ */
+export function addPooledFeatures(g: GraphBuilder, image: string, imageChannels: 1 | 3, cfg: PooledConfig): { value: string; dims: number } {
+  const model = loadNsfwjsLayersModel(cfg.backbone);
+  const names = [...new Set(cfg.layers.map((l) => l.layer))];
+  const maps = importKerasLayers(g, model, { input: image, inputChannels: imageChannels, outputs: names });
+  const parts: string[] = [];
+  let dims = 0;
+  for (const l of cfg.layers) {
+    const m = maps.get(l.layer)!;
+    if (l.avg) {
+      parts.push(g.node('GlobalAveragePool', [m.value]));
+      dims += m.channels;
+    }
+    if (l.max) {
+      const local = g.node('AveragePool', [m.value], { kernel_shape: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], count_include_pad: 0 });
+      parts.push(g.node('GlobalMaxPool', [local]));
+      dims += m.channels;
+    }
+  }
+  const cat = parts.length === 1 ? parts[0]! : g.node('Concat', parts, { axis: 1 });
+  const value = g.node('Reshape', [cat, g.constant('int64', [2], [1, dims])]);
+  return { value, dims };
+}

@@ -1,0 +1,177 @@
+// Image-level linear classifier on pretrained multi-layer descriptors (global average + global max
+// of intermediate MobileNetV2 maps), trained as L2-regularised logistic regression:
+//   - 'features-linear' (supervised): good vs the labelled defects (optionally plus synthetic ones);
+//   - 'synthetic-linear' (anomaly mode, good images only): good vs the same good images with a
+//     synthetic defect painted in (pores, cracks, chipped edges, stains, bands, scars); in
+//     supervised mode the real defects join the positives.
+// The exported ONNX holds everything: backbone, pooling, standardisation folded into the linear
+// layer. Output 'score' [1, 1] = logit of "defective" (anomaly head: the score itself;
+// supervised: a classification head with a sigmoid, label 'defect').
+import { GraphBuilder } from '../../onnx/builder.js';
+import type { HeadSpec } from '../../inference/types.js';
+import { WEIGHTS_ORIGIN } from '../features/embedding.js';
+import { addPooledFeatures, parsePooledLayers, type PooledConfig } from '../features/pooled.js';
+import { createSession, loadFrame, runFrame } from '../features/runner.js';
+import { SYNTH_KINDS, synthesizeDefect, type SynthKind } from '../features/synth.js';
+import type { FitContext, FitResult, Sample, TrainMethod } from '../types.js';
+import { MethodParamError, Params, imageInputSpec, throttledProgress } from './common.js';
+import { columnStats, rng, trainLogistic } from './linear.js';
+
+interface Options {
+  name: 'features-linear' | 'synthetic-linear';
+  /** Synthetic defects per kind per good image by default. */
+  syntheticDefault: number;
+  l2Default: { anomaly: number; supervised: number };
+  requiresSupervised: boolean;
+}
+
+export function pooledLinearMethod(o: Options): TrainMethod {
+  return {
+    name: o.name,
+    async fit(train: Sample[], ctx: FitContext): Promise<FitResult> {
+      const t0 = Date.now();
+      const p = new Params(o.name, ctx.params);
+      const width = p.number('width', p.number('size', 320, { min: 64, max: 1024, integer: true }), { min: 64, max: 1024, integer: true });
+      const height = p.number('height', width, { min: 64, max: 1024, integer: true });
+      const resize = p.string('resize', 'letterbox', ['letterbox', 'stretch'] as const);
+      const colour = p.string('colour', 'gray', ['gray', 'rgb'] as const);
+      const layerSpec = p.string('layers', 'b3+b6+b13+b16:avg');
+      const l2 = p.number('l2', ctx.mode === 'anomaly' ? o.l2Default.anomaly : o.l2Default.supervised, { min: 0 });
+      const epochs = p.number('epochs', 60, { min: 1, max: 1000, integer: true });
+      const synthetic = p.number('synthetic', o.syntheticDefault, { min: 0, max: 20, integer: true });
+      const kindsSpec = p.string('syntheticKinds', SYNTH_KINDS.join(','));
+      const syntheticWeight = p.number('syntheticWeight', 1, { min: 0 });
+      const parameters = p.done();
+      const kinds = kindsSpec.split(',').map((k) => k.trim()) as SynthKind[];
+      for (const k of kinds) if (!SYNTH_KINDS.includes(k)) throw new MethodParamError(`${o.name}: unknown synthetic kind '${k}' (${SYNTH_KINDS.join(', ')})`);
+      if (width % 32 || height % 32) throw new MethodParamError(`${o.name}: width and height must be multiples of 32`);
+
+      const goods = train.filter((s) => s.isGood);
+      const defects = ctx.mode === 'supervised' ? train.filter((s) => !s.isGood) : [];
+      if (o.requiresSupervised && ctx.mode !== 'supervised') {
+        throw new MethodParamError(`${o.name} learns from labelled defects: use mode supervised (or the synthetic-linear method)`);
+      }
+      if (goods.length < 2) throw new MethodParamError(`${o.name}: needs at least 2 good training images`);
+      const useSynthetic = synthetic > 0 && kinds.length > 0;
+      if (defects.length === 0 && !useSynthetic) throw new MethodParamError(`${o.name}: no defects to learn from (supervised mode with labelled defects, or synthetic > 0)`);
+
+      const spec = imageInputSpec(width, height, colour, resize);
+      const cfg: PooledConfig = { backbone: 'mobilenet_v2', layers: parsePooledLayers(layerSpec) };
+      const channels = colour === 'gray' ? 1 : 3;
+      const fg = new GraphBuilder({ name: 'features' });
+      const fx = fg.input('image', 'float32', [1, channels, height, width]);
+      const feat = addPooledFeatures(fg, fx, channels, cfg);
+      fg.node('Identity', [feat.value], {}, { name: 'features' });
+      fg.output('features', 'float32', [1, feat.dims]);
+      const session = await createSession(fg.toBytes());
+      const d = feat.dims;
+
+      // ---- descriptors: goods, real defects, synthetic defects ----
+      const rows: Float32Array[] = [];
+      const labels: number[] = [];
+      const kind: ('good' | 'real' | 'synthetic')[] = [];
+      const nSynth = useSynthetic ? goods.length * kinds.length * synthetic : 0;
+      const total = goods.length + defects.length + nSynth;
+      const progress = throttledProgress(ctx.progress);
+      const r = rng(ctx.seed * 7919 + 17);
+      let done = 0;
+      for (const s of goods) {
+        const frame = await loadFrame(s.file, spec);
+        rows.push((await runFrame(session, frame, spec, ['features']))[0]!.slice());
+        labels.push(0);
+        kind.push('good');
+        progress(++done, total, 'features');
+        if (!useSynthetic) continue;
+        for (const k of kinds) {
+          for (let j = 0; j < synthetic; j++) {
+            const syn = synthesizeDefect({ width: frame.width, height: frame.height, channels: frame.channels, data: frame.data }, r, k);
+            rows.push((await runFrame(session, { ...frame, data: syn.image.data }, spec, ['features']))[0]!.slice());
+            labels.push(1);
+            kind.push('synthetic');
+            progress(++done, total, 'features');
+          }
+        }
+      }
+      for (const s of defects) {
+        const frame = await loadFrame(s.file, spec);
+        rows.push((await runFrame(session, frame, spec, ['features']))[0]!.slice());
+        labels.push(1);
+        kind.push('real');
+        progress(++done, total, 'features');
+      }
+      await session.release();
+      const tFeatures = Date.now();
+
+      // ---- logistic regression on standardised descriptors ----
+      const n = rows.length;
+      const X = new Float32Array(n * d);
+      rows.forEach((row, i) => X.set(row, i * d));
+      const { mean, std } = columnStats(X, n, d);
+      for (let i = 0; i < n; i++) for (let j = 0; j < d; j++) X[i * d + j] = (X[i * d + j]! - mean[j]!) / std[j]!;
+      // Class balance: goods and defects weigh the same in total; among defects, the synthetic
+      // ones weigh syntheticWeight times the real ones (in total).
+      const nGood = kind.filter((k) => k === 'good').length;
+      const nReal = kind.filter((k) => k === 'real').length;
+      const nSyn = kind.filter((k) => k === 'synthetic').length;
+      const realShare = nReal === 0 ? 0 : nSyn === 0 || syntheticWeight === 0 ? 1 : 1 / (1 + syntheticWeight);
+      const weights = Float32Array.from(kind, (k) =>
+        k === 'good' ? n / (2 * nGood) : k === 'real' ? (n / 2) * (realShare / nReal) : (n / 2) * ((1 - realShare) / nSyn),
+      );
+      ctx.log.info('fitting logistic regression', { method: o.name, rows: n, dims: d, goods: nGood, real: nReal, synthetic: nSyn, l2 });
+      const lr = trainLogistic(X, Float32Array.from(labels), n, d, { l2, epochs, batch: 32, lr: 0.003, seed: ctx.seed, weights });
+      const tFit = Date.now();
+
+      // ---- the exported model ----
+      // logit = sum_j w_j (f_j - mean_j) / std_j + b = f . (w / std) + (b - sum_j w_j mean_j / std_j)
+      const w = new Float32Array(d);
+      let b = lr.b;
+      for (let j = 0; j < d; j++) {
+        w[j] = lr.w[j]! / std[j]!;
+        b -= (lr.w[j]! * mean[j]!) / std[j]!;
+      }
+      const g = new GraphBuilder({ name: o.name });
+      const x = g.input('image', 'float32', [1, channels, height, width]);
+      const f = addPooledFeatures(g, x, channels, cfg);
+      const logit = g.node('Gemm', [f.value, g.initializer('head.w', 'float32', [d, 1], w), g.initializer('head.b', 'float32', [1], [b])]);
+      // The logit itself (float32 sigmoid saturates at 1 for logits above ~17, which would tie
+      // clear defects); the classification head applies the sigmoid in double precision.
+      g.node('Identity', [logit], {}, { name: 'score' });
+      g.output('score', 'float32', [1, 1]);
+      const onnx = g.toBytes({
+        producerName: 'linesight-train',
+        docString: `${o.name}: MobileNetV2 pooled descriptors (${layerSpec}) + logistic regression`,
+      });
+      const head: HeadSpec =
+        ctx.mode === 'supervised'
+          ? { type: 'classification', output: 'score', activation: 'sigmoid', labels: ['defect'], rejectLabels: ['defect'] }
+          : { type: 'anomaly', scoreOutput: 'score' };
+      ctx.log.info('fit done', {
+        method: o.name,
+        featureSeconds: (tFeatures - t0) / 1000,
+        fitSeconds: (tFit - tFeatures) / 1000,
+        onnxBytes: onnx.length,
+      });
+      return {
+        onnx,
+        input: spec,
+        head,
+        parameters: { ...parameters, descriptorDims: d, trainGoods: nGood, trainDefects: nReal, syntheticDefects: nSyn },
+        weights: [WEIGHTS_ORIGIN.mobilenet_v2],
+      };
+    },
+  };
+}
+
+export const featuresLinear = pooledLinearMethod({
+  name: 'features-linear',
+  syntheticDefault: 0,
+  l2Default: { anomaly: 0.1, supervised: 0.01 },
+  requiresSupervised: true,
+});
+
+export const syntheticLinear = pooledLinearMethod({
+  name: 'synthetic-linear',
+  syntheticDefault: 2,
+  l2Default: { anomaly: 0.1, supervised: 0.03 },
+  requiresSupervised: false,
+});
