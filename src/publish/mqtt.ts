@@ -271,7 +271,9 @@ export class MqttPublisher {
     this.connected = false;
     this.commandsReady = false;
     this.epoch++;
-    if (was) {
+    if (was && this.stopping) {
+      this.log.info('mqtt disconnected (stopping)', { pending: this.outbox?.size ?? 0 });
+    } else if (was) {
       this.counters.disconnects++;
       this.log.warn('mqtt connection lost; results are kept in the outbox and published after the reconnect', {
         pending: this.outbox?.size ?? 0,
