@@ -83,7 +83,8 @@ export interface AgentResult {
   mqtt: { published: number; outboxPending: number; notDurable: number; connected: boolean };
   cpuCores: number;
   foreignCores: number;
-  rss?: { every: number; samplesMb: number[]; firstMb: number; lastMb: number; maxMb: number; slopeMbPer10k: number; growthPct: number; heapLastMb: number };
+  /** first = after the first tenth (pools and caches fill); growth = median of the last tenth vs median of the second tenth. */
+  rss?: { every: number; samplesMb: number[]; firstMb: number; lastMb: number; maxMb: number; slopeMbPer10k: number; medianEarlyMb: number; medianLateMb: number; growthPct: number; heapLastMb: number };
   startMs: number;
   logLines: number;
 }
@@ -268,9 +269,13 @@ async function main(): Promise<void> {
   };
   if (p.rssEvery && rssSamples.length > 1) {
     const xs = rssSamples.map((_, i) => (i + 1) * p.rssEvery!);
-    const s = slope(xs, rssSamples) * 10_000;
-    // Growth past the warm-up: the first tenth of the run is where pools and caches fill.
-    const settled = rssSamples.slice(Math.floor(rssSamples.length / 10));
+    // The first tenth of the run is where pools, caches and the outbox fill: left out.
+    const tenth = Math.max(1, Math.floor(rssSamples.length / 10));
+    const settled = rssSamples.slice(tenth);
+    const s = slope(xs.slice(tenth), settled) * 10_000;
+    const median = (v: number[]): number => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)]!;
+    const early = median(rssSamples.slice(tenth, 2 * tenth));
+    const late = median(rssSamples.slice(-tenth));
     result.rss = {
       every: p.rssEvery,
       samplesMb: rssSamples.map(r1),
@@ -278,7 +283,9 @@ async function main(): Promise<void> {
       lastMb: r1(rssSamples[rssSamples.length - 1]!),
       maxMb: r1(Math.max(...rssSamples)),
       slopeMbPer10k: r2(s),
-      growthPct: r2(((rssSamples[rssSamples.length - 1]! - settled[0]!) / settled[0]!) * 100),
+      medianEarlyMb: r1(early),
+      medianLateMb: r1(late),
+      growthPct: r2(((late - early) / early) * 100),
       heapLastMb: r1(heapLast),
     };
   }

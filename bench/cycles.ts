@@ -24,10 +24,15 @@ export interface CyclesResult {
   lastMb: number;
   maxMb: number;
   slopeMbPerCycle: number;
+  /** Median RSS of cycles 5–14 and of the last 10 (allocator arenas make single samples jump). */
+  medianEarlyMb: number;
+  medianLateMb: number;
+  /** Growth from medianEarlyMb to medianLateMb. */
   growthPct: number;
   startMs: Dist;
 }
 
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const gc = (globalThis as { gc?: () => void }).gc;
 
 async function main(): Promise<void> {
@@ -67,7 +72,9 @@ async function main(): Promise<void> {
     lastMb: r1(tail[tail.length - 1]!),
     maxMb: r1(Math.max(...rssMb)),
     slopeMbPerCycle: r2(slope(tail.map((_, i) => i), tail)),
-    growthPct: r2(((tail[tail.length - 1]! - tail[0]!) / tail[0]!) * 100),
+    medianEarlyMb: r1(median(rssMb.slice(from, from + 10))),
+    medianLateMb: r1(median(rssMb.slice(-10))),
+    growthPct: r2(((median(rssMb.slice(-10)) - median(rssMb.slice(from, from + 10))) / median(rssMb.slice(from, from + 10))) * 100),
     startMs: dist(starts),
   };
   writeFileSync(p.resultFile, JSON.stringify(result, null, 2));

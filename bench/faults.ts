@@ -259,26 +259,31 @@ const sub = await subscribe(broker.url, `${prefix}inspection`);
 const agent = new AgentProc(cfgPath, logDir);
 
 const journalWired = (): boolean => existsSync(journalDir) && readdirSync(journalDir).some((f) => f.endsWith('.log'));
-/** Wait (bounded) until the journal shows a part of the running boot still open, so a kill catches one in flight. */
-async function waitInFlight(): Promise<boolean> {
-  if (!journalWired()) return false;
+/**
+ * Wait (bounded) until the journal shows parts of the running boot still open, so the kill
+ * catches some in flight. Returns their ids (as read just before the kill: one may still be
+ * decided in the last milliseconds).
+ */
+async function waitInFlight(): Promise<string[]> {
+  if (!journalWired()) return [];
   const until = Date.now() + 3000;
   while (Date.now() < until) {
     try {
-      if (readJournal(journalDir).undecided.some((e) => e.boot === `b${agent.boots}`)) return true;
+      const open = readJournal(journalDir).undecided.filter((e) => e.boot === `b${agent.boots}`);
+      if (open.length > 0) return open.map((e) => e.id);
     } catch {
       /* read while being written: try again */
     }
     await sleep(2);
   }
-  return false;
+  return [];
 }
 
 // Three boots of about PARTS/3 parts each. Boot 1: broker restart mid-run, SIGKILL at the end.
 // Boot 2: the broker goes down, the agent is SIGKILLed during the outage, the broker comes back
 // after the restart. Boot 3: broker restart mid-run, then a graceful stop (SIGTERM).
 const perBootMs = (PARTS / RATE / (KILLS + 1)) * 1000;
-const kills: { boot: number; inFlightSeen: boolean }[] = [];
+const kills: { boot: number; open: string[] }[] = [];
 
 await agent.start('b1');
 say(`boot 1 running (${RATE} parts/s)`);
@@ -286,10 +291,10 @@ await sleep(perBootMs * 0.4);
 say('broker restart (1 s down)');
 await broker.restart(1000);
 await sleep(perBootMs * 0.6 - 1000);
-let inFlight = await waitInFlight();
+let open = await waitInFlight();
 await agent.kill();
-kills.push({ boot: 1, inFlightSeen: inFlight });
-say(`SIGKILL agent (boot 1${inFlight ? ', a part in flight' : ''})`);
+kills.push({ boot: 1, open });
+say(`SIGKILL agent (boot 1${open.length ? `, ${open.length} part(s) open in the journal` : ''})`);
 
 await agent.start('b2');
 say('boot 2 running');
@@ -297,10 +302,10 @@ await sleep(perBootMs * 0.5);
 say('broker down');
 await broker.stop();
 await sleep(perBootMs * 0.3);
-inFlight = await waitInFlight();
+open = await waitInFlight();
 await agent.kill();
-kills.push({ boot: 2, inFlightSeen: inFlight });
-say(`SIGKILL agent during the broker outage (boot 2${inFlight ? ', a part in flight' : ''})`);
+kills.push({ boot: 2, open });
+say(`SIGKILL agent during the broker outage (boot 2${open.length ? `, ${open.length} part(s) open in the journal` : ''})`);
 await agent.start('b3');
 say('boot 3 running; broker back up');
 await broker.start();
@@ -410,11 +415,13 @@ if (unflagged.length) problems.push(`${unflagged.length} duplicate(s) not flagge
 if (crashBad.length) problems.push(`crash fail-safes that are wrong (not a divert, not from a killed boot, or the detail does not name the boot): ${crashBad.join(', ')}`);
 if (journal && journal.undecided.length) problems.push(`the journal still holds ${journal.undecided.length} open part(s) after the graceful stop`);
 if (extra.length) problems.push(`${extra.length} part id(s) arrived that were never triggered per the journal: ${extra.slice(0, 5).join(', ')}`);
-if (journal) {
-  for (const k of kills) {
-    if (k.inFlightSeen && !crashIds.some((id) => bootOf(id) === `b${k.boot}`)) problems.push(`a part was in flight at the SIGKILL of boot ${k.boot} but no crash fail-safe arrived for it`);
-  }
-}
+// Parts open in the journal at a kill: each arrives, as 'crash', or with its real result when
+// that had reached the outbox just before the kill (then replayed from it, flagged).
+const openAtKill = kills.flatMap((k) => k.open);
+const openAsCrash = openAtKill.filter((id) => sub.got.get(id)?.some((g) => g.reason === 'crash'));
+const openAsResult = openAtKill.filter((id) => !openAsCrash.includes(id) && sub.got.has(id));
+const openUnflagged = openAsResult.filter((id) => !sub.got.get(id)![0]!.replayed);
+if (openAtKill.some((id) => !sub.got.has(id))) problems.push(`part(s) open at a SIGKILL never arrived: ${openAtKill.filter((id) => !sub.got.has(id)).join(', ')}`);
 const result = problems.length ? 'FAIL' : incomplete.length ? 'INCOMPLETE' : 'PASS';
 
 const lines = [
@@ -422,7 +429,8 @@ const lines = [
   `faults: mosquitto ${version}, persistence on; ${broker.restarts} broker restarts, ${KILLS} SIGKILLs (one during a broker outage), 1 graceful stop${drainBoot ? ', 1 drain start' : ''}`,
   `triggered (${journal ? 'from the journal' : 'NOT KNOWN: no journal'}): ${perBoot.map((b) => `${b.boot} seq 1-${b.maxSeq}`).join(', ')} = ${triggered} parts`,
   `received: ${sub.got.size} unique part ids in ${messages} messages; missing ${missing.length}`,
-  `crash fail-safes: ${crashIds.length} (${crashPerKill}); kills with a part seen in flight: ${kills.filter((k) => k.inFlightSeen).length}/${kills.length}`,
+  `crash fail-safes: ${crashIds.length} (${crashPerKill}); parts open in the journal at the kills: ${openAtKill.length} ` +
+    `(${openAsCrash.length} arrived as crash, ${openAsResult.length} with their real result from the outbox${openUnflagged.length ? `, ${openUnflagged.length} of them decided in the last ms before the kill` : ''})`,
   `duplicates: ${replays} flagged replayed, ${redeliveries} broker QoS 1 redeliveries (DUP, same bytes), ${unflagged.length} unflagged; ${replayedFirst} parts arrived first as a replay (outbox after a restart or reconnect)`,
   `first message per part: ${Object.entries(reasons)
     .sort((a, b) => b[1] - a[1])

@@ -17,6 +17,8 @@ export interface HilEnv {
   lines: number;
   /** vivid's capture node. */
   video: string;
+  /** The checkout (read-only in the guest). */
+  root: string;
 }
 
 export function hilEnv(): HilEnv {
@@ -31,6 +33,7 @@ export function hilEnv(): HilEnv {
     sim: need('HIL_GPIO_SIM'),
     lines: Number(need('HIL_GPIO_LINES')),
     video: need('HIL_VIDEO'),
+    root: need('HIL_ROOT'),
   };
 }
 
