@@ -91,7 +91,11 @@ export interface AgentResult {
 
 const DIVERT = { chip: 'sim0', line: 1 };
 
-/** Offline replica of DivertScheduler's merging: the union of [start, start + pulse] windows. */
+/**
+ * Offline replica of DivertScheduler's merging: the union of [start, start + pulse] windows.
+ * Windows less than 1 ms apart count as one: the scheduler's timers have 1 ms resolution, so such
+ * a dip is not an edge it can place (and no actuator could follow it).
+ */
 function expectedWindows(parts: { gate: number; decided: number }[], pulseMs: number): [number, number][] {
   const w = parts
     .map((p) => [Math.max(p.gate, p.decided), p.gate + pulseMs] as [number, number])
@@ -100,7 +104,7 @@ function expectedWindows(parts: { gate: number; decided: number }[], pulseMs: nu
   const out: [number, number][] = [];
   for (const [s, e] of w) {
     const last = out[out.length - 1];
-    if (last && s <= last[1]) last[1] = Math.max(last[1], e);
+    if (last && s <= last[1] + 1) last[1] = Math.max(last[1], e);
     else out.push([s, e]);
   }
   return out;

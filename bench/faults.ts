@@ -414,6 +414,8 @@ if (missing.length) problems.push(`${missing.length} triggered part(s) never arr
 if (unflagged.length) problems.push(`${unflagged.length} duplicate(s) not flagged replayed: ${[...new Set(unflagged)].slice(0, 10).join(', ')}`);
 if (crashBad.length) problems.push(`crash fail-safes that are wrong (not a divert, not from a killed boot, or the detail does not name the boot): ${crashBad.join(', ')}`);
 if (journal && journal.undecided.length) problems.push(`the journal still holds ${journal.undecided.length} open part(s) after the graceful stop`);
+// Without the journal a boot whose parts all vanished would look clean: it ran, so it made parts.
+for (const b of perBoot) if (b.maxSeq === 0 && b.source !== 'journal') problems.push(`boot ${b.boot} ran but none of its parts arrived`);
 if (extra.length) problems.push(`${extra.length} part id(s) arrived that were never triggered per the journal: ${extra.slice(0, 5).join(', ')}`);
 // Parts open in the journal at a kill: each arrives, as 'crash', or with its real result when
 // that had reached the outbox just before the kill (then replayed from it, flagged).
@@ -446,6 +448,7 @@ if (args.out) {
   writeFileSync(args.out, lines.join('\n') + '\n');
   console.log(`(written to ${args.out})`);
 }
-if (args.keep) console.log(`kept: ${work} (agent logs in ${logDir})`);
+// A failed run keeps its evidence (agent logs, state, broker files) for a look.
+if (args.keep || result === 'FAIL') console.log(`kept: ${work} (agent logs in ${logDir})`);
 else rmSync(work, { recursive: true, force: true });
 process.exit(result === 'PASS' ? 0 : 1);

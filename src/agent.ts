@@ -18,6 +18,7 @@ import type { Inspector } from './inference/types.js';
 import { DivertScheduler, type NativePulses } from './line/divert.js';
 import { InspectionLoop, travelMs, type TriggerInput } from './line/loop.js';
 import { PartIds, nextBootId } from './line/part-id.js';
+import { TriggerJournal } from './line/journal.js';
 import type { Logger } from './log.js';
 import type { Part } from './part.js';
 import { MqttPublisher } from './publish/mqtt.js';
@@ -87,6 +88,7 @@ export class Agent {
   private divertOut?: GpioOutput;
   private readyOut?: GpioOutput;
   private heartbeat?: NodeJS.Timeout;
+  private journal?: TriggerJournal;
   private lastProgress = 0;
   private stopWatchdog?: () => void;
   private loop?: InspectionLoop;
@@ -196,12 +198,25 @@ export class Agent {
         onError: (err) => this.bus.emit('alarm', { kind: 'gpio', severity: 'critical', message: `divert output: ${err.message}` }),
         native: this.nativePulses(gpio, this.divertOut),
       });
+      // The trigger journal: parts in flight when a previous run died are reported as 'crash'.
+      const journal = (this.journal = new TriggerJournal(join(cfg.station.stateDir, 'journal'), {
+        bootId: this.bootId,
+        log: log.child({ mod: 'journal' }),
+        onError: (message) => this.bus.emit('alarm', { kind: 'journal', severity: 'critical', message: `trigger journal: ${message}` }),
+      }));
+      await journal.open();
       this.loop = new InspectionLoop({
+        journal,
         clock, log: log.child({ mod: 'line' }), bus: this.bus, source, inspector,
         divert: this.divert, ids: new PartIds(cfg.station.id, this.bootId), station: cfg.station.id, line: cfg.line,
       });
       this.loop.start();
 
+      if (!cfg.mqtt.url) {
+        // No broker: nothing downstream to recover to; a part is done once decided.
+        journal.recover();
+        this.unsub.push(this.bus.on('decided', (p) => journal.decided(p.id)));
+      }
       if (cfg.mqtt.url) {
         this.publisher = new MqttPublisher({
           cfg: cfg.mqtt,
@@ -214,6 +229,18 @@ export class Agent {
         // Identity first, so the Last Will of the first connection names the model and boot.
         await this.publishStatus();
         await this.publisher.start();
+        // Parts that were in flight when the previous run died: diverted fail-safe 'crash' (the
+        // PLC's ready line was down, so the line diverted them), reported once through the outbox.
+        const delivered = this.publisher.pendingIds();
+        const crashed = journal.recover((id) => delivered.has(id));
+        for (const p of crashed) void this.publish(p);
+        if (crashed.length > 0) {
+          this.bus.emit('alarm', {
+            kind: 'crash',
+            severity: 'critical',
+            message: `${crashed.length} part(s) were in flight when the previous run died; reported as fail-safe 'crash' (${crashed.map((p) => p.id).slice(0, 5).join(', ')}${crashed.length > 5 ? ', …' : ''})`,
+          });
+        }
         this.unsub.push(
           this.bus.on('decided', (p) => void this.publish(p)),
           this.bus.on('alarm', (a) => void this.publisher?.publishAlarm(a).catch((err: Error) => log.error('alarm publish failed', { err: err.message }))),
@@ -297,7 +324,9 @@ export class Agent {
 
   private async publish(p: Part): Promise<void> {
     try {
-      await this.publisher?.publishInspection(p, { line: this.cfg.station.line });
+      const r = await this.publisher?.publishInspection(p, { line: this.cfg.station.line });
+      // Crossed off the journal once the result is durable in the outbox.
+      if (r?.durable) this.journal?.decided(p.id);
     } catch (err) {
       this.log.error('inspection publish failed', { partId: p.id, err: (err as Error).message });
     }
@@ -505,6 +534,7 @@ export class Agent {
     this.stackLight?.stop();
     for (const o of Object.values(this.stackOutputs)) await o.close().catch(() => {});
     this.metrics.detach();
+    await this.journal?.close().catch(() => {});
     await this.divertOut?.close().catch(() => {});
     await this.readyOut?.close().catch(() => {});
     if (!this.opts.gpio) await this.gpio?.close().catch(() => {});

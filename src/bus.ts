@@ -14,7 +14,10 @@ export type AlarmKind =
   | 'overload'
   | 'gpio'
   | 'outbox'
-  | 'mqtt';
+  | 'mqtt'
+  | 'crash' // parts were in flight when the previous run died
+  | 'journal' // the trigger journal cannot write
+  | 'model'; // model lifecycle: swap refused, automatic rollback
 
 export interface Alarm {
   kind: AlarmKind;

@@ -11,8 +11,11 @@
 // The line never waits for it: offer() only queues the part (the frame is already decoded in
 // memory) and returns; encoding (libvips threads) and writing happen on a single async worker.
 // When the queue is full the part is skipped and counted. Each file is written to a hidden temp
-// name, synced, then renamed: a reader (or a power cut) sees a whole PNG or none; the JSON goes
-// first, so a PNG always has its JSON. Retention by count, bytes and age removes the oldest first;
+// name, then renamed: a reader sees a whole PNG or none; the JSON goes first, so a PNG always has
+// its JSON. Files are not fsync'ed by default: the line's own trigger journal waits for its
+// fsync, and optional data must not queue syncs on the same disk in front of it. A power cut can
+// then leave an empty file under the final name (ext4 commits the rename before the delayed
+// data); open() removes those, so what is left is whole or gone. Retention by count, bytes and age removes the oldest first;
 // a DiskGuard stops writes at a free-space floor.
 import { mkdir, open, readdir, rename, rmdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -38,7 +41,7 @@ export interface ArchiveOptions {
   queueLimit?: number;
   /** Free-space floor: writes it refuses are skipped and counted. */
   guard?: DiskGuard;
-  /** fsync each file before its rename (default true): no empty PNG after a power cut. */
+  /** fsync each file before its rename (default false: see the top; empty files are removed at open). */
   fsync?: boolean;
   /** PNG zlib level 0-9 (default 6). Lower costs less CPU on the line box, more bytes. */
   compressionLevel?: number;
@@ -165,6 +168,11 @@ export class RejectArchive {
       for (const name of pngs) {
         const png = await stat(join(dir, `${name}.png`)).catch(() => undefined);
         if (!png) continue;
+        if (png.size === 0) {
+          // Renamed before its data reached the disk, then the power went: nothing to keep.
+          for (const ext of ['.png', '.json']) await unlink(join(dir, name + ext)).catch(() => {});
+          continue;
+        }
         const json = await stat(join(dir, `${name}.json`)).catch(() => undefined);
         found.push({ label: d.name, name, bytes: png.size + (json?.size ?? 0), timeMs: png.mtimeMs });
       }
@@ -279,7 +287,7 @@ export class RejectArchive {
     const fh = await open(tmp, 'w');
     try {
       await fh.writeFile(data);
-      if (this.opts.fsync ?? true) await fh.datasync();
+      if (this.opts.fsync ?? false) await fh.datasync();
     } finally {
       await fh.close();
     }

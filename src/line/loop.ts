@@ -37,6 +37,11 @@ export interface LoopDeps {
   ids: PartIds;
   station: string;
   line: Config['line'];
+  /**
+   * Persists a part's trigger before its inspection starts, so a part in flight when the agent
+   * dies is reported after the restart (fail-safe 'crash'). Resolves false when it could not.
+   */
+  journal?: { triggered(part: Part): Promise<boolean> };
 }
 
 /** Time from trigger to the gate, from config. */
@@ -124,11 +129,13 @@ export class InspectionLoop {
     tracked.deadline = clock.at(deadlineNs, () =>
       this.decide(tracked, 'divert', 'late', `no verdict ${nsToMs(deadlineNs - ev.timeNs).toFixed(0)} ms after the trigger (gate in ${this.d.line.marginMs} ms)`),
     );
-    void this.inspect(tracked, ev);
+    // Journal and camera in parallel; inference waits for both (the deadline still runs).
+    const journaled = this.d.journal?.triggered(part) ?? Promise.resolve(true);
+    void this.inspect(tracked, ev, journaled);
     return part;
   }
 
-  private async inspect(tracked: Tracked, ev: TriggerInput): Promise<void> {
+  private async inspect(tracked: Tracked, ev: TriggerInput, journaled: Promise<boolean>): Promise<void> {
     const { part } = tracked;
     const { clock, inspector } = this.d;
     let frame: Frame;
@@ -142,6 +149,7 @@ export class InspectionLoop {
     }
     part.frame = frame;
     part.t.frameNs = frame.timeNs > part.t.triggerNs ? frame.timeNs : clock.nowNs();
+    await journaled; // false = journal failing: reported by the journal, the line goes on
     if (tracked.decided) return; // the deadline came first; nothing more to do
     part.t.inferStartNs = clock.nowNs();
     try {

@@ -426,6 +426,13 @@ export class MqttPublisher {
     return this.enqueue(this.t?.alarm ?? '', payload, id);
   }
 
+  /** Ids of the results persisted and not yet acknowledged (crash recovery checks against them). */
+  pendingIds(): Set<string> {
+    const ids = new Set<string>();
+    if (this.outbox) for (const r of this.outbox.pending()) ids.add(r.id);
+    return ids;
+  }
+
   /**
    * A shadow model's verdict, for comparison by the central system. QoS 0 and not outboxed:
    * shadow results drive no actuator and are statistics, so a lost one costs nothing.

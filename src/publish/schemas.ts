@@ -165,6 +165,10 @@ export const ALARM_KINDS = [
   'outbox_high_water',
   'outbox_drop',
   'outbox_corrupt',
+  'outbox',
+  'crash',
+  'journal',
+  'model',
 ] as const;
 
 export const AlarmMessageSchema = T.Object(

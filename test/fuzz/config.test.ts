@@ -167,7 +167,8 @@ const aliasChain = fc.tuple(fc.integer({ min: 1, max: 7 }), fc.integer({ min: 1,
 const yamlText = fc.oneof(
   configObject.map((o) => {
     try {
-      return YAML.stringify(o);
+      // undefined (a junk value) stringifies to undefined: an empty file then.
+      return (YAML.stringify(o) as string | undefined) ?? '';
     } catch {
       return '';
     }

@@ -1,5 +1,6 @@
-// The whole agent on the virtual line-side device: `linesight run -c FILE` (the CLI, from the
-// checkout's sources through tsx) in a child process, against the kernel's gpio-sim and vivid.
+// The whole agent on the virtual line-side device: `linesight run -c FILE` (the CLI from the
+// checkout's sources, bundled by bundle.mjs like dist/) in a child process, against the kernel's
+// gpio-sim and vivid.
 //
 // The scenario plays the rest of the line:
 //  - the photo-eye: gpio-sim line PHOTO_EYE, pulled up and down through the simulator's sysfs;
@@ -382,7 +383,7 @@ export function agentLineScenario(opts: AgentLineOptions): void {
     const cfgFile = join(dir, 'config.yaml');
     writeFileSync(cfgFile, JSON.stringify(cfg, null, 2)); // JSON is YAML
     mark('spawn');
-    const child = (agent = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'run', '-c', cfgFile], {
+    const child = (agent = spawn(process.execPath, ['--enable-source-maps', env.agent, 'run', '-c', cfgFile], {
       cwd: env.root,
       env: { ...process.env, ...opts.agentEnv },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -19,6 +19,8 @@ export interface HilEnv {
   video: string;
   /** The checkout (read-only in the guest). */
   root: string;
+  /** The agent's CLI bundled by bundle.mjs (`node <agent> run -c FILE`). */
+  agent: string;
 }
 
 export function hilEnv(): HilEnv {
@@ -34,6 +36,7 @@ export function hilEnv(): HilEnv {
     lines: Number(need('HIL_GPIO_LINES')),
     video: need('HIL_VIDEO'),
     root: need('HIL_ROOT'),
+    agent: need('HIL_AGENT'),
   };
 }
 

@@ -204,3 +204,38 @@ test('a model whose inputs disagree with its manifest is refused at start with a
   const r = rig({ model: { path: dir } });
   await assert.rejects(r.agent.start(), (err: Error) => /width|expects|mismatch/i.test(err.message) && err.message.includes(String(manifest.input.width)));
 });
+
+test('a part in flight when the agent dies is reported after the restart as fail-safe crash', async () => {
+  const { TriggerJournal } = await import('../../src/line/journal.js');
+  const r = rig({ trigger: { mode: 'command' } });
+  // A previous run (boot b0) journaled a trigger and died before deciding it.
+  const prev = new TriggerJournal(join(r.cfg.station.stateDir, 'journal'), { bootId: 'b0' });
+  await prev.open();
+  await prev.triggered({ id: `${r.cfg.station.id}-b0-000042`, seq: 42, station: r.cfg.station.id, trigger: 'gpio', triggeredAt: new Date().toISOString(), t: { triggerNs: 0n }, failSafe: false });
+  // No close(): the process "died".
+  const sub = await subscribe(r.prefix);
+  try {
+    await r.agent.start();
+    const id = `${r.cfg.station.id}-b0-000042`;
+    await until(() => sub.messages.has(id), 10_000, 'the crashed part');
+    const m = sub.messages.get(id)!;
+    assert.equal(m.action, 'divert');
+    assert.equal(m.failSafe, true);
+    assert.equal(m.reason, 'crash');
+    assert.equal(m.verdict, null);
+  } finally {
+    await r.agent.stop();
+    await sub.client.endAsync();
+  }
+  // Reported once: a second start of the same station finds nothing left to recover.
+  const again = new Agent(r.cfg, { log: memoryLogger(), gpio: new SimGpio({ clock: new SystemClock() }) });
+  const sub2 = await subscribe(r.prefix);
+  try {
+    await again.start();
+    await new Promise((res) => setTimeout(res, 500));
+    assert.equal([...sub2.messages.values()].filter((m) => m.reason === 'crash').length, 0);
+  } finally {
+    await again.stop();
+    await sub2.client.endAsync();
+  }
+});

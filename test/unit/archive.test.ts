@@ -80,7 +80,8 @@ const listing = (root: string): string[] =>
 test('a rejected frame is kept as a lossless PNG under its defect class, with its verdict JSON beside', async () => {
   const root = tmp();
   try {
-    const a = new RejectArchive({ root });
+    // fsync on: the same files, synced before their rename.
+    const a = new RejectArchive({ root, fsync: true });
     await a.open();
     const p = decided('reject', { defects: [{ class: 'dust', score: 0.6 }, { class: 'scratch', score: 0.9, box: [3, 4, 10, 2] }] });
     const g = decided('reject', { frame: grayFrame(1), defects: [{ class: 'bubble', score: 0.9 }] });
@@ -286,7 +287,7 @@ test('retention by age, on the clock and across a restart (file times)', async (
   }
 });
 
-test('leftovers of a crash (temp files, a JSON without its PNG) are cleaned at open; existing files are indexed', async () => {
+test('leftovers of a crash (temp files, a JSON without its PNG, an empty PNG) are cleaned at open; existing files are indexed', async () => {
   const root = tmp();
   try {
     mkdirSync(join(root, 'scratch'), { recursive: true });
@@ -295,6 +296,9 @@ test('leftovers of a crash (temp files, a JSON without its PNG) are cleaned at o
     writeFileSync(join(root, 'scratch', 'st1-b0-000001.json'), '{}');
     writeFileSync(join(root, 'scratch', '.st1-b0-000002.png.123.tmp'), png.subarray(0, 20));
     writeFileSync(join(root, 'scratch', 'st1-b0-000003.json'), '{}');
+    // Renamed before its data reached the disk, then the power went: an empty PNG (and its JSON).
+    writeFileSync(join(root, 'scratch', 'st1-b0-000004.png'), '');
+    writeFileSync(join(root, 'scratch', 'st1-b0-000004.json'), '{}');
     writeFileSync(join(root, 'README.md'), 'not a class folder');
     const a = new RejectArchive({ root });
     await a.open();
