@@ -254,7 +254,7 @@ export function renderMarkdown(r: BenchReport): string {
           `${f(c.medianEarlyMb)} → ${f(c.medianLateMb)}`,
           `${f(c.slopeMbPerCycle, 2)} MB / cycle`,
           `${f(c.growthPct, 2)} %${mark(c.growthPct < TARGETS.rssGrowthPct)}`,
-          `start p50 ${f(c.startMs.p50, 0)} ms; baseline before the first load ${f(c.baselineMb)} MB; first = after 4 warm-up cycles; RSS after a full GC; growth = median of the last 10 vs cycles 5–14`,
+          `start p50 ${f(c.startMs.p50, 0)} ms; baseline before the first load ${f(c.baselineMb)} MB; RSS after a full GC; first, slope and growth over the second half (the first settles: a new worker thread per cycle, new malloc arenas); growth = median of the last 10 vs the first 10 of the second half`,
         ]),
       );
     }

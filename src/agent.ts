@@ -19,6 +19,8 @@ import { DivertScheduler, type NativePulses } from './line/divert.js';
 import { InspectionLoop, travelMs, type TriggerInput } from './line/loop.js';
 import { PartIds, nextBootId } from './line/part-id.js';
 import { TriggerJournal } from './line/journal.js';
+import { RejectArchive } from './archive/archive.js';
+import { DiskGuard } from './telemetry/disk.js';
 import type { Logger } from './log.js';
 import type { Part } from './part.js';
 import { MqttPublisher } from './publish/mqtt.js';
@@ -89,6 +91,7 @@ export class Agent {
   private readyOut?: GpioOutput;
   private heartbeat?: NodeJS.Timeout;
   private journal?: TriggerJournal;
+  private archive?: RejectArchive;
   private lastProgress = 0;
   private stopWatchdog?: () => void;
   private loop?: InspectionLoop;
@@ -198,6 +201,8 @@ export class Agent {
         onError: (err) => this.bus.emit('alarm', { kind: 'gpio', severity: 'critical', message: `divert output: ${err.message}` }),
         native: this.nativePulses(gpio, this.divertOut),
       });
+      if (cfg.archive.enabled) await this.startArchive();
+
       // The trigger journal: parts in flight when a previous run died are reported as 'crash'.
       const journal = (this.journal = new TriggerJournal(join(cfg.station.stateDir, 'journal'), {
         bootId: this.bootId,
@@ -298,6 +303,32 @@ export class Agent {
       log.error('start failed', { err: (err as Error).message });
       await this.stop().catch(() => {});
       throw err;
+    }
+  }
+
+  /** The reject archive: frames of diverted parts, in the layout the training pipeline reads. */
+  private async startArchive(): Promise<void> {
+    const { cfg, log } = this;
+    const a = cfg.archive;
+    const root = a.dir || join(cfg.station.stateDir, 'archive');
+    const archive = new RejectArchive({
+      root, passEvery: a.passEvery, failSafe: a.failSafe, maxFiles: a.maxFiles,
+      maxBytes: a.maxMb * 1024 * 1024, maxAgeMs: a.maxAgeDays * 24 * 3600 * 1000, queueLimit: a.queueLimit,
+      guard: new DiskGuard({
+        path: root, floorBytes: a.minFreeMb * 1024 * 1024, log: log.child({ mod: 'disk' }),
+        onAlarm: (low) => this.bus.emit('alarm', { kind: 'disk', severity: 'warning', message: low.message }),
+      }),
+      log: log.child({ mod: 'archive' }),
+      onError: (message) => this.bus.emit('alarm', { kind: 'archive', severity: 'warning', message }),
+    });
+    try {
+      await archive.open();
+      this.archive = archive;
+      this.unsub.push(this.bus.on('decided', (p) => void archive.offer(p)));
+    } catch (err) {
+      // The archive serves training later; the line must not stop for it.
+      log.error('reject archive unavailable', { root, err: (err as Error).message });
+      this.bus.emit('alarm', { kind: 'archive', severity: 'warning', message: `reject archive unavailable at ${root}: ${(err as Error).message}` });
     }
   }
 
@@ -535,6 +566,7 @@ export class Agent {
     for (const o of Object.values(this.stackOutputs)) await o.close().catch(() => {});
     this.metrics.detach();
     await this.journal?.close().catch(() => {});
+    await this.archive?.close().catch(() => {});
     await this.divertOut?.close().catch(() => {});
     await this.readyOut?.close().catch(() => {});
     if (!this.opts.gpio) await this.gpio?.close().catch(() => {});

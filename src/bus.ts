@@ -17,7 +17,9 @@ export type AlarmKind =
   | 'mqtt'
   | 'crash' // parts were in flight when the previous run died
   | 'journal' // the trigger journal cannot write
-  | 'model'; // model lifecycle: swap refused, automatic rollback
+  | 'model' // model lifecycle: swap refused, automatic rollback
+  | 'archive' // the reject archive cannot keep up or write
+  | 'disk'; // free space below the floor
 
 export interface Alarm {
   kind: AlarmKind;

@@ -3,6 +3,7 @@
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
+import { MAX_INPUT_PIXELS } from '../inference/image.js';
 import type { Clock } from '../clock.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log.js';
@@ -197,7 +198,7 @@ export class ReplaySource implements FrameSource {
     let decoded;
     try {
       // failOn 'warning': a truncated or damaged file is an error, not a half-grey frame.
-      let img = sharp(item.file, { failOn: 'warning' }).autoOrient().removeAlpha();
+      let img = sharp(item.file, { failOn: 'warning', limitInputPixels: MAX_INPUT_PIXELS }).autoOrient().removeAlpha();
       img = gray ? img.grayscale() : img.toColourspace('srgb');
       decoded = await img.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
     } catch (err) {

@@ -7,12 +7,16 @@ import YAML from 'yaml';
 import { ConfigSchema, type Config } from './schema.js';
 
 export class ConfigError extends Error {
+  readonly errors: string[];
   constructor(
-    readonly errors: string[],
+    errors: string[],
     readonly file?: string,
   ) {
-    super(`${file ? `${file}: ` : ''}invalid configuration:\n${errors.map((e) => `  ${e}`).join('\n')}`);
+    // One line per problem, whatever the file's keys hold (a key may contain a newline).
+    const lines = errors.map((e) => e.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`));
+    super(`${file ? `${file}: ` : ''}invalid configuration:\n${lines.map((e) => `  ${e}`).join('\n')}`);
     this.name = 'ConfigError';
+    this.errors = lines;
   }
 }
 
@@ -26,6 +30,9 @@ export const ENV_PREFIX = 'LINESIGHT_';
 export function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv, errors: string[]): void {
   for (const [name, value] of Object.entries(env)) {
     if (!name.startsWith(ENV_PREFIX) || value === undefined) continue;
+    // Only SECTION__KEY names are settings: LINESIGHT_NATIVE, LINESIGHT_TEST_BROKER and the like
+    // are switches of other tools and pass through untouched.
+    if (!name.includes('__')) continue;
     const parts = name.slice(ENV_PREFIX.length).split('__').filter(Boolean);
     if (parts.length === 0) continue;
     let schema: TSchema | undefined = ConfigSchema;
@@ -117,7 +124,12 @@ export function loadConfig(file: string | undefined, env: NodeJS.ProcessEnv = pr
         file,
       );
     }
-    doc = parsed.toJS();
+    try {
+      // Aliases are resolved here: an unknown anchor (`*x`) or an alias bomb throws.
+      doc = parsed.toJS();
+    } catch (err) {
+      throw new ConfigError([`(yaml): ${(err as Error).message.split('\n')[0]}`], file);
+    }
   }
   return parseConfig(doc, { env, file });
 }

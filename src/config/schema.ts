@@ -205,6 +205,20 @@ export const ConfigSchema = T.Object(
       },
       { additionalProperties: false, default: {} },
     ),
+    archive: T.Object(
+      {
+        enabled: T.Boolean({ default: true, description: 'keep frames of diverted parts (and a sample of passed ones) as a training dataset' }),
+        dir: T.String({ default: '', description: 'dataset root (<dir>/<label>/<partId>.png + .json); empty = <stateDir>/archive' }),
+        passEvery: T.Integer({ minimum: 0, default: 0, description: 'also keep 1 in N passed parts under good/ (0 = none)' }),
+        failSafe: T.Boolean({ default: true, description: 'keep frames of fail-safe diverts under failsafe-<reason>/ (review them before training)' }),
+        maxFiles: T.Integer({ minimum: 1, default: 10000, description: 'images kept at most; the oldest are removed first' }),
+        maxMb: T.Number({ minimum: 1, default: 1024, description: 'MiB kept at most (PNG + JSON)' }),
+        maxAgeDays: T.Number({ minimum: 0, default: 30, description: 'files older than this are removed (0 = no age limit)' }),
+        queueLimit: T.Integer({ minimum: 1, maximum: 1000, default: 8, description: 'frames waiting to be written; more are skipped and counted (the line never waits)' }),
+        minFreeMb: T.Number({ minimum: 0, default: 512, description: 'free-space floor on the archive disk: below it nothing is written and a disk alarm is raised once' }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
     log: T.Object(
       {
         level: T.Union([T.Literal('debug'), T.Literal('info'), T.Literal('warn'), T.Literal('error')], { default: 'info' }),

@@ -6,6 +6,12 @@ import sharp from 'sharp';
 import { FrameError } from '../camera/types.js';
 import type { Frame } from '../part.js';
 
+/**
+ * Largest image decoded (pixels): a small compressed file can expand to gigabytes (a
+ * decompression bomb through /v1/predict or a replay folder); 40 MP is far above line cameras.
+ */
+export const MAX_INPUT_PIXELS = 40_000_000;
+
 export interface DecodeOptions {
   colour: 'gray' | 'rgb';
   /** Frame.source (default 'file'). */
@@ -28,7 +34,7 @@ export async function decodeImage(bytes: Buffer | Uint8Array, opts: DecodeOption
     const img = bmp
       ? sharp(bmp.data, { raw: { width: bmp.width, height: bmp.height, channels: 3 } })
       : // failOn 'error' refuses truncated files (half a part must not be judged) but not benign warnings.
-        sharp(bytes, { failOn: 'error' }).autoOrient();
+        sharp(bytes, { failOn: 'error', limitInputPixels: MAX_INPUT_PIXELS }).autoOrient();
     const meta = await img.metadata();
     // A grey file (with or without alpha) keeps its values exactly; colour is converted with BT.601.
     const isGrey = meta.channels - (meta.hasAlpha ? 1 : 0) === 1;
@@ -56,6 +62,9 @@ export async function decodeImage(bytes: Buffer | Uint8Array, opts: DecodeOption
   } catch (err) {
     if (err instanceof FrameError) throw err;
     const msg = err instanceof Error ? err.message.split('\n')[0] : String(err);
+    if (/pixel limit/i.test(msg)) {
+      throw new FrameError(`${what}: image larger than ${MAX_INPUT_PIXELS / 1e6} megapixels: send it resized to the camera's resolution`, 'bad_frame');
+    }
     throw new FrameError(`${what}: cannot decode image (${msg})`, 'bad_frame');
   }
 }

@@ -161,7 +161,7 @@ export function validateManifest(json: unknown): string[] {
 
   const head = m.head as { type?: unknown } | undefined;
   if (head && typeof head === 'object' && typeof head.type === 'string') {
-    const schema = HEAD_SCHEMAS[head.type as HeadSpec['type']];
+    const schema = Object.hasOwn(HEAD_SCHEMAS, head.type) ? HEAD_SCHEMAS[head.type as HeadSpec['type']] : undefined;
     if (schema) problems.push(...schemaErrors(schema, head, '/head'));
     else problems.push(`head.type: must be one of ${Object.keys(HEAD_SCHEMAS).join(', ')} (got '${head.type}')`);
   }

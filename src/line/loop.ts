@@ -112,6 +112,8 @@ export class InspectionLoop {
     this.expire();
     this.inFlight.push(tracked);
     this.d.bus.emit('triggered', part);
+    // Every part, also those diverted on the spot: from here on a crash reports it.
+    const journaled = this.d.journal?.triggered(part) ?? Promise.resolve(true);
 
     if (this.stopped) {
       this.decide(tracked, 'divert', 'stopping', 'the agent is stopping');
@@ -130,7 +132,6 @@ export class InspectionLoop {
       this.decide(tracked, 'divert', 'late', `no verdict ${nsToMs(deadlineNs - ev.timeNs).toFixed(0)} ms after the trigger (gate in ${this.d.line.marginMs} ms)`),
     );
     // Journal and camera in parallel; inference waits for both (the deadline still runs).
-    const journaled = this.d.journal?.triggered(part) ?? Promise.resolve(true);
     void this.inspect(tracked, ev, journaled);
     return part;
   }

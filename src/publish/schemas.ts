@@ -169,6 +169,8 @@ export const ALARM_KINDS = [
   'crash',
   'journal',
   'model',
+  'archive',
+  'disk',
 ] as const;
 
 export const AlarmMessageSchema = T.Object(

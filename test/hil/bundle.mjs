@@ -56,8 +56,12 @@ await build({ ...common, entryPoints, outdir, outExtension: { '.js': '.mjs' } })
 // The worker must be ./worker.js (as in dist/): mark the folder's .js files as ES modules.
 await mkdir(agentDir, { recursive: true });
 await writeFile(join(agentDir, 'package.json'), '{ "type": "module" }\n');
+// Split into chunks: the CLI's dynamic imports stay dynamic, so `run` loads only what the agent
+// needs (not the trainer's or the model tools' packages: every package costs seconds under TCG).
 await build({
   ...common,
   entryPoints: { cli: join(root, 'src/cli.ts'), 'inference/worker': join(root, 'src/inference/worker.ts') },
   outdir: agentDir,
+  splitting: true,
+  sourcemap: 'linked',
 });
