@@ -21,6 +21,8 @@ export interface HilEnv {
   root: string;
   /** The agent's CLI bundled by bundle.mjs (`node <agent> run -c FILE`). */
   agent: string;
+  /** tracefs, when the guest could mount it (the gpio_value event records every line write). */
+  tracefs?: string;
 }
 
 export function hilEnv(): HilEnv {
@@ -37,6 +39,7 @@ export function hilEnv(): HilEnv {
     video: need('HIL_VIDEO'),
     root: need('HIL_ROOT'),
     agent: need('HIL_AGENT'),
+    tracefs: process.env.HIL_TRACEFS || undefined,
   };
 }
 

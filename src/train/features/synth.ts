@@ -23,7 +23,7 @@ export interface SynthResult {
   image: SynthImage;
   /** Defect mask [height * width], 0..1. */
   mask: Float32Array;
-  kind: SynthKind;
+  kind: SynthKind | 'transplant';
 }
 
 const clamp255 = (v: number): number => (v < 0 ? 0 : v > 255 ? 255 : v);
@@ -253,4 +253,77 @@ export function synthesizeDefect(src: SynthImage, r: () => number, kind?: SynthK
     }
   }
   return { image: { width: w, height: h, channels: C, data: out }, mask, kind: k };
+}
+
+/** Bilinear resampling of an 8-bit HWC image (or a mask) to w x h. */
+function resample(data: Uint8Array, sw: number, sh: number, channels: number, w: number, h: number): Float32Array {
+  const out = new Float32Array(w * h * channels);
+  for (let y = 0; y < h; y++) {
+    const fy = Math.min(sh - 1, Math.max(0, ((y + 0.5) * sh) / h - 0.5));
+    const y0 = Math.floor(fy);
+    const y1 = Math.min(sh - 1, y0 + 1);
+    const ay = fy - y0;
+    for (let x = 0; x < w; x++) {
+      const fx = Math.min(sw - 1, Math.max(0, ((x + 0.5) * sw) / w - 0.5));
+      const x0 = Math.floor(fx);
+      const x1 = Math.min(sw - 1, x0 + 1);
+      const ax = fx - x0;
+      for (let c = 0; c < channels; c++) {
+        const v00 = data[(y0 * sw + x0) * channels + c]!;
+        const v01 = data[(y0 * sw + x1) * channels + c]!;
+        const v10 = data[(y1 * sw + x0) * channels + c]!;
+        const v11 = data[(y1 * sw + x1) * channels + c]!;
+        out[(y * w + x) * channels + c] = (v00 * (1 - ax) + v01 * ax) * (1 - ay) + (v10 * (1 - ax) + v11 * ax) * ay;
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Copy-paste augmentation with real defects: the masked region of a labelled defect image is
+ * carried over to a good image at the same relative position (both are resampled to the good
+ * image's size), feathered at its border and shaded to the good image's local brightness. Gives
+ * the classifier the real defect on many backgrounds, so it learns the defect rather than the
+ * part it was photographed on. `mask` is 8-bit (>= 128 = defect) at the source's size.
+ * Returns null when the mask is empty.
+ */
+export function transplantDefect(target: SynthImage, source: SynthImage, mask: Uint8Array, r: () => number): SynthResult | null {
+  const { width: w, height: h, channels: C } = target;
+  const m0 = resample(mask, source.width, source.height, 1, w, h);
+  let any = false;
+  for (let i = 0; i < w * h; i++) {
+    m0[i] = m0[i]! >= 128 ? 1 : 0;
+    if (m0[i]) any = true;
+  }
+  if (!any) return null;
+  // Dilate a little (masks are drawn tight) and feather.
+  const grow = blurField(m0, w, h, 1, 1);
+  for (let i = 0; i < w * h; i++) grow[i] = grow[i]! > 0.05 ? 1 : 0;
+  const soft = blurField(grow, w, h, 1, 1);
+  const src = C === source.channels ? resample(source.data, source.width, source.height, C, w, h) : null;
+  if (!src) throw new Error('transplantDefect: source and target channel counts differ');
+  // Local brightness of both around the region (a band around the mask), to shade the paste.
+  const ring = blurField(grow, w, h, Math.max(3, Math.round(Math.min(w, h) * 0.04)), 1);
+  let st = 0;
+  let ss = 0;
+  let n = 0;
+  for (let i = 0; i < w * h; i++) {
+    if (ring[i]! > 0.02 && grow[i]! === 0) {
+      st += target.data[i * C]!;
+      ss += src[i * C]!;
+      n++;
+    }
+  }
+  const gain = n > 0 && ss > 1 ? Math.min(2, Math.max(0.5, st / ss)) * (0.9 + 0.2 * r()) : 1;
+  const out = new Uint8Array(target.data);
+  for (let i = 0; i < w * h; i++) {
+    const a = soft[i]!;
+    if (a <= 0) continue;
+    for (let c = 0; c < C; c++) {
+      const v = target.data[i * C + c]!;
+      out[i * C + c] = Math.round(clamp255(v + a * (src[i * C + c]! * gain - v)));
+    }
+  }
+  return { image: { width: w, height: h, channels: C, data: out }, mask: soft, kind: 'transplant' };
 }
