@@ -60,6 +60,12 @@ export interface LimitsResult {
   boundPerS: number;
   /** cores / CPU-seconds per part without decode (a live camera delivers raw frames). */
   boundNoDecodePerS: number;
+  /**
+   * The bound with `session.run` costed as it scales here: two 1-thread sessions side by side
+   * (parallel2x1) rarely reach twice the rate of one (shared caches, memory bandwidth, vCPUs that
+   * are hyperthreads of one core), so a run costs cores / parallel2x1.runsPerS CPU-seconds.
+   */
+  boundScaledPerS: number;
   sharpConcurrency: number;
 }
 
@@ -241,6 +247,7 @@ async function main(): Promise<void> {
     cpuPerPartMs: r3(cpuPerPartMs),
     boundPerS: r2((CORES * 1000) / cpuPerPartMs),
     boundNoDecodePerS: r2((CORES * 1000) / noDecodeCpu),
+    boundScaledPerS: r2((CORES * 1000) / (cpuPerPartMs - bestCpu.cpuMs + Math.max(bestCpu.cpuMs, (CORES * 1000) / par.runsPerS))),
     sharpConcurrency: sharp.concurrency(),
   };
   writeFileSync(p.resultFile, JSON.stringify(result, null, 2));

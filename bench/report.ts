@@ -55,7 +55,7 @@ export function renderMarkdown(r: BenchReport): string {
   out.push('');
   out.push(
     'Settings: `workers×intra-op threads qN` (N = model.queueLimit; line.maxInFlight = workers + N, so a part the pool would refuse is refused before its frame is decoded). ' +
-      '*Bound* = cores ÷ CPU-seconds per part, each stage alone (decode + preprocess + run + head). *Bare* = the same stages alone, one part at a time, wall ms. ' +
+      '*Bound* = cores ÷ CPU-seconds per part, each stage alone (decode + preprocess + run + head); *scaled*: the same with `session.run` costed as two 1-thread sessions side by side actually run here (cores ÷ their combined runs/s), since two sessions in parallel do not reach twice the rate of one. *Bare* = the same stages alone, one part at a time, wall ms. ' +
       'The agent\'s latency runs from the photo-eye edge (trigger) to the verdict with the divert scheduled, and includes the decode: each part grabs its JPEG when it triggers. ' +
       '*Other load* = cores other processes kept busy during the run (the machine may be shared): above ~0.3 a result is contended.',
   );
@@ -64,7 +64,7 @@ export function renderMarkdown(r: BenchReport): string {
   // ---- summary ---------------------------------------------------------------------------------
   out.push('## Summary');
   out.push('');
-  out.push(row(['model', 'bound parts/s', 'agent parts/s (settings)', 'agent / bound', 'bare ms', 'agent p50 / bare', 'agent p99 / bare', 'half load p50 / bare (settings)', 'half load p99 / bare', 'naive / agent (parts/s)', 'lag p99 ms', 'divert on-edge error p99 ms', 'other load']));
+  out.push(row(['model', 'bound parts/s (scaled)', 'agent parts/s (settings)', 'agent / bound (/ scaled)', 'bare ms', 'agent p50 / bare', 'agent p99 / bare', 'half load p50 / bare (settings)', 'half load p99 / bare', 'naive / agent (parts/s)', 'lag p99 ms', 'divert on-edge error p99 ms', 'other load']));
   out.push(row(Array(13).fill('---')));
   for (const mr of r.models) {
     const l = mr.limits;
@@ -81,9 +81,9 @@ export function renderMarkdown(r: BenchReport): string {
     out.push(
       row([
         mr.model,
-        f(l?.boundPerS),
+        `${f(l?.boundPerS)} (${f(l?.boundScaledPerS)})`,
         a ? `${f(a.verdictsPerS)} (${settingsOf(a)})` : '–',
-        f(tb, 2) + mark(tb === undefined ? undefined : tb >= TARGETS.throughputVsBound),
+        f(tb, 2) + mark(tb === undefined ? undefined : tb >= TARGETS.throughputVsBound) + ` (${f(ratio(a?.verdictsPerS, l?.boundScaledPerS), 2)})`,
         f(bare, 2),
         f(p50, 2) + mark(p50 === undefined ? undefined : p50 <= TARGETS.p50VsBare),
         f(p99, 2) + mark(p99 === undefined ? undefined : p99 <= TARGETS.p99VsBare),

@@ -107,7 +107,7 @@ async function main(): Promise<void> {
       log(`${m}: limits`);
       mr.limits = await section<LimitsResult>('limits', { model: m, quick });
       const l = mr.limits;
-      log(`${m}: bare ${l.bareMs} ms (${l.bareNoDecodeMs} without decode), bound ${l.boundPerS} parts/s (${l.boundNoDecodePerS} without decode); run ${l.runs.map((r) => `${r.name} ${r.wall.p50} ms`).join(', ')}`);
+      log(`${m}: bare ${l.bareMs} ms (${l.bareNoDecodeMs} without decode), bound ${l.boundPerS} parts/s (${l.boundNoDecodePerS} without decode, ${l.boundScaledPerS} with run scaling as measured); run ${l.runs.map((r) => `${r.name} ${r.wall.p50} ms`).join(', ')}`);
     }
     if (sections.has('agent')) mr.agent = await agentRuns(m, mr.limits);
     if (sections.has('naive')) {

@@ -100,7 +100,7 @@ test('setup: a tiny generated dataset', async () => {
 const cases: { method: string; mode: FitContext['mode']; params: Record<string, unknown>; head: string }[] = [
   { method: 'patchcore', mode: 'anomaly', params: { size: 96, bankSize: 300, candidates: 3000, projDims: 32 }, head: 'anomaly' },
   { method: 'synthetic-linear', mode: 'anomaly', params: { size: 96, synthetic: 1, epochs: 40 }, head: 'anomaly' },
-  { method: 'features-linear', mode: 'supervised', params: { size: 96, epochs: 60 }, head: 'classification' },
+  { method: 'features-linear', mode: 'supervised', params: { size: 96, epochs: 60, transplant: 1 }, head: 'classification' },
 ];
 
 for (const c of cases) {
