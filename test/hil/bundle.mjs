@@ -52,7 +52,8 @@ const common = {
   banner: { js: "import { createRequire as __hilRequire } from 'node:module'; const require = __hilRequire(import.meta.url);" },
 };
 
-await build({ ...common, entryPoints, outdir, outExtension: { '.js': '.mjs' } });
+// Split into chunks, so that a scenario's dynamic imports stay lazy (see the agent's below).
+await build({ ...common, entryPoints, outdir, splitting: true, outExtension: { '.js': '.mjs' } });
 // The worker must be ./worker.js (as in dist/): mark the folder's .js files as ES modules.
 await mkdir(agentDir, { recursive: true });
 await writeFile(join(agentDir, 'package.json'), '{ "type": "module" }\n');
