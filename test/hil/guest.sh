@@ -30,6 +30,11 @@ export HIL_GPIO_DEV="/dev/$CHIP"
 export HIL_GPIO_SIM="/sys/devices/platform/$(cat "$C/dev_name")/$CHIP"
 export HIL_GPIO_LINES=8
 export HIL_VIDEO=/dev/video0
+export HIL_ROOT="$ROOT"
+export HIL_AGENT="$OUT/agent/cli.js"
+# tracefs: scenarios record GPIO writes with the kernel's gpio_value event (CLOCK_MONOTONIC stamps).
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+[ -d /sys/kernel/tracing/events/gpio ] && export HIL_TRACEFS=/sys/kernel/tracing
 for i in $(seq 1 50); do [ -e "$HIL_GPIO_DEV" ] && [ -e "$HIL_VIDEO" ] && break; sleep 0.1; done
 [ -e "$HIL_GPIO_DEV" ] || fail_all "$HIL_GPIO_DEV did not appear"
 [ -e "$HIL_VIDEO" ] || fail_all "$HIL_VIDEO did not appear"

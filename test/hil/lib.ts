@@ -17,6 +17,12 @@ export interface HilEnv {
   lines: number;
   /** vivid's capture node. */
   video: string;
+  /** The checkout (read-only in the guest). */
+  root: string;
+  /** The agent's CLI bundled by bundle.mjs (`node <agent> run -c FILE`). */
+  agent: string;
+  /** tracefs, when the guest could mount it (the gpio_value event records every line write). */
+  tracefs?: string;
 }
 
 export function hilEnv(): HilEnv {
@@ -31,6 +37,9 @@ export function hilEnv(): HilEnv {
     sim: need('HIL_GPIO_SIM'),
     lines: Number(need('HIL_GPIO_LINES')),
     video: need('HIL_VIDEO'),
+    root: need('HIL_ROOT'),
+    agent: need('HIL_AGENT'),
+    tracefs: process.env.HIL_TRACEFS || undefined,
   };
 }
 

@@ -46,6 +46,8 @@ export interface AgentLineOptions {
   gpio: 'onoff' | 'chardev';
   /** The config's camera section (the scenario's source on vivid). */
   camera: (env: HilEnv) => Record<string, unknown>;
+  /** Extra environment for the agent (e.g. LINESIGHT_NATIVE=off). */
+  agentEnv?: Record<string, string>;
   parts?: number;
 }
 
@@ -309,18 +311,18 @@ export function agentLineScenario(opts: AgentLineOptions): void {
   let levelsAfterExit: Record<number, 0 | 1> = {};
   let unseenPulses = 0;
   let failed = false;
-  // Wall clock -> CLOCK_MONOTONIC, for the messages' triggeredAt (both clocks are the guest's).
-  const wallToMonoNs = BigInt(Date.now()) * MS - now();
+  // Wall clock - CLOCK_MONOTONIC, for the messages' triggeredAt (both clocks are the guest's).
+  let wallToMonoNs = wallMinusMonoAtMost();
   process.once('exit', () => console.log(`    ${opts.name}: process exit ${process.uptime().toFixed(1)}s`));
   // Times in the summary are seconds since this node process started.
   const t0 = Date.now() - process.uptime() * 1000;
   const marks: string[] = [];
   const mark = (what: string): void => void marks.push(`${what} ${((Date.now() - t0) / 1000).toFixed(1)}s`);
   const startup = (): string =>
-    [logs.find((x) => typeof x.time === 'string')?.msg, 'inference pool started', 'model loaded', 'ffmpeg camera started', 'v4l2 camera started', 'line running']
+    ['', 'model loaded', 'ffmpeg camera started', 'v4l2 camera started', 'line running']
       .map((m) => {
-        const r = m === undefined ? undefined : logs.find((x) => x.msg === m && typeof x.time === 'string');
-        return r ? `${m} ${((Date.parse(r.time!) - t0) / 1000).toFixed(1)}s` : '';
+        const r = logs.find((x) => (m === '' || x.msg === m) && typeof x.time === 'string');
+        return r ? `${m || `first log line (${r.msg})`} ${((Date.parse(r.time!) - t0) / 1000).toFixed(1)}s` : '';
       })
       .filter(Boolean)
       .join(', ');
@@ -552,7 +554,11 @@ export function agentLineScenario(opts: AgentLineOptions): void {
     writeFileSync(cfgFile, JSON.stringify(cfg, null, 2)); // JSON is YAML
     mark('spawn');
     spawnedAt = now();
-    const child = (agent = spawn(process.execPath, [env.agent, 'run', '-c', cfgFile], { cwd: env.root, stdio: ['ignore', 'pipe', 'pipe'] }));
+    const child = (agent = spawn(process.execPath, [env.agent, 'run', '-c', cfgFile], {
+      cwd: env.root,
+      env: { ...process.env, ...opts.agentEnv },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    }));
     const exited = new Promise<void>((resolve) =>
       child.once('exit', (code, signal) => {
         exit = { code, signal };
@@ -621,10 +627,13 @@ export function agentLineScenario(opts: AgentLineOptions): void {
       simDrive(env, PHOTO_EYE, 0);
       // The next picture only once this part is decided (its frame is long taken by then).
       await until(() => inspections.size > i, `the inspection of part #${i + 1}`, TRAVEL_MS + 15_000, 20);
-      const m = [...inspections.values()].find((x) => x.seq === i + 1);
-      part.msg = m;
-      if (m) part.gateNs = BigInt(Date.parse(m.triggeredAt)) * MS - wallToMonoNs + BigInt(TRAVEL_MS) * MS;
+      part.msg = [...inspections.values()].find((x) => x.seq === i + 1);
     }
+    // The agent's gate times, from triggeredAt (ms, rounded down) and an upper bound of the clocks'
+    // offset: never later than the real gate, so "pulse at/after its gate" cannot fail falsely.
+    const offset = wallMinusMonoAtMost();
+    if (offset < wallToMonoNs) wallToMonoNs = offset;
+    for (const p of parts) if (p.msg) p.gateNs = BigInt(Date.parse(p.msg.triggeredAt)) * MS - wallToMonoNs + BigInt(TRAVEL_MS) * MS;
     mark('parts');
     // Let the last gate pass and its pulse end.
     const lastEnd = parts.at(-1)!.gateLowNs + BigInt(PULSE_MS + 300) * MS;
@@ -643,6 +652,20 @@ export function agentLineScenario(opts: AgentLineOptions): void {
     await probe.stop();
     edges = trace.edges();
   }
+}
+
+/**
+ * An upper bound of (CLOCK_REALTIME - CLOCK_MONOTONIC) in ns: Date.now() (ms, rounded down) read
+ * after an hrtime reading, tightest of many tries (a stall between the reads only loosens it).
+ */
+function wallMinusMonoAtMost(): bigint {
+  let best: bigint | undefined;
+  for (let i = 0; i < 200; i++) {
+    const before = now();
+    const bound = BigInt(Date.now()) * MS + MS - before;
+    if (best === undefined || bound < best) best = bound;
+  }
+  return best!;
 }
 
 async function freePort(): Promise<number> {

@@ -1,10 +1,13 @@
 // The whole agent on the fallback drivers: sysfs GPIO through onoff, and vivid through ffmpeg's
-// v4l2 input (the scenario itself uses the native addon only to switch vivid's test pattern).
+// v4l2 input. The agent runs with LINESIGHT_NATIVE=off, as on a device where the native addon could
+// not be built (the scenario itself uses the addon, to switch vivid's test pattern and to check
+// that the lines are free at the end).
 import { agentLineScenario } from '../agent-line.js';
 
 agentLineScenario({
   name: 'onoff-ffmpeg',
   gpio: 'onoff',
+  agentEnv: { LINESIGHT_NATIVE: 'off' },
   camera: (env) => ({
     source: 'ffmpeg',
     ffmpeg: {
