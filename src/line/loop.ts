@@ -211,7 +211,8 @@ export class InspectionLoop {
         });
       }
     }
-    // The frame's pixels are not needed after the decision; drop them so in-flight parts stay small.
+    // Listeners (MQTT, archive, operator page) get the part with its frame; the pixels stay referenced
+    // until the part leaves the in-flight FIFO at its gate time (see docs/performance.md: a known cost).
     this.d.bus.emit('decided', part);
   }
 
