@@ -49,6 +49,33 @@ export const TrainConfigSchema = T.Object(
         train: Fraction(0.6, 'share of each class used for training'),
         val: Fraction(0.2, 'share used to calibrate the threshold'),
         test: Fraction(0.2, 'share held out for the report'),
+        groupBy: T.Object(
+          {
+            kind: T.Union([T.Literal('none'), T.Literal('regex')], {
+              default: 'none',
+              description:
+                'none: every image on its own (per-file split); regex: images whose names give the same key form a group, and a group never crosses splits (the same part photographed several times)',
+            }),
+            pattern: T.String({
+              default: '',
+              description: "regex: its first capture group (the whole match if it has none) is the group key, e.g. '^(part\\d+)_' or '_num_(\\d+)'",
+            }),
+            on: T.Union([T.Literal('name'), T.Literal('path')], {
+              default: 'name',
+              description: "what the pattern is matched against: the file name, or the whole path ('/'-separated, so a folder per part works)",
+            }),
+            numericGap: T.Number({
+              minimum: 0,
+              default: 0,
+              description: '0: equal keys form a group; > 0: keys are numbers, and sorted keys at most this far apart chain into one group (frame counters)',
+            }),
+            unmatched: T.Union([T.Literal('error'), T.Literal('single')], {
+              default: 'error',
+              description: 'a file the pattern does not match: error stops and names it; single makes it a group of its own',
+            }),
+          },
+          { additionalProperties: false, default: {}, description: 'images that must stay in the same split' },
+        ),
       },
       { additionalProperties: false, default: {} },
     ),
@@ -131,6 +158,17 @@ export function parseTrainConfig(input: unknown, source = 'config'): TrainConfig
   if (c.split.test <= 0) extra.push('split.test: must be > 0 (the report is made on the held-out test split)');
   if (c.mode === 'supervised' || c.dataset.source === 'folder') {
     if (c.split.train <= 0) extra.push('split.train: must be > 0');
+  }
+  const gb = c.split.groupBy;
+  if (gb.kind === 'regex') {
+    if (!gb.pattern) extra.push("split.groupBy.pattern: required when split.groupBy.kind is regex (its first capture group is the group key, e.g. '_num_(\\d+)')");
+    else {
+      try {
+        new RegExp(gb.pattern);
+      } catch (err) {
+        extra.push(`split.groupBy.pattern: not a valid regular expression (${(err as Error).message})`);
+      }
+    }
   }
   if (c.dataset.source === 'folder' && !c.dataset.dir) extra.push('dataset.dir: required when dataset.source is folder (the dataset root, relative to the config file)');
   if (extra.length) throw new TrainConfigError(`${source}: invalid training config\n  ${extra.join('\n  ')}`, extra);

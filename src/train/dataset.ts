@@ -271,6 +271,8 @@ export interface Split {
   train: Sample[];
   val: Sample[];
   test: Sample[];
+  /** How many groups were split (grouped split only). */
+  groups?: number;
 }
 
 /** mulberry32: small, fast, and the same on every platform. */
@@ -315,16 +317,184 @@ export function allocate(n: number, fractions: readonly number[]): number[] {
 }
 
 /**
+ * Which images belong together and must land in the same split (split.groupBy of the training
+ * config): the same part photographed several times (several cameras, lightings, re-takes), so a
+ * model is never tested on a part it has seen a sibling image of during training.
+ *   kind 'none'   every image on its own (a per-file split);
+ *   kind 'regex'  the first capture group of `pattern`, matched against the file name (or the
+ *                 whole '/'-separated path with on: 'path'), is the group key: equal keys, one
+ *                 group. With numericGap > 0 the keys must be numbers, and sorted keys that are at
+ *                 most numericGap apart chain into one group (frame counters that run on between
+ *                 the shots of one part).
+ */
+export interface GroupBy {
+  kind: 'none' | 'regex';
+  pattern?: string;
+  on?: 'name' | 'path';
+  numericGap?: number;
+  /** A file the pattern does not match: 'error' stops with its name; 'single' makes it a group of its own. */
+  unmatched?: 'error' | 'single';
+}
+
+export interface SampleGroup {
+  key: string;
+  samples: Sample[];
+}
+
+const byFile = (a: Sample, b: Sample): number => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0);
+
+/** Groups per `groupBy`, each sorted by file, in a fixed order (by key); throws DatasetError when the pattern does not fit the files. */
+export function groupSamples(samples: readonly Sample[], groupBy: GroupBy | undefined): SampleGroup[] {
+  const sorted = [...samples].sort(byFile);
+  if (!groupBy || groupBy.kind === 'none') return sorted.map((s) => ({ key: s.file, samples: [s] }));
+  const where = 'split.groupBy.pattern';
+  if (!groupBy.pattern) throw new DatasetError(`${where}: required when split.groupBy.kind is regex (e.g. '_num_(\\d+)')`);
+  let re: RegExp;
+  try {
+    re = new RegExp(groupBy.pattern);
+  } catch (err) {
+    throw new DatasetError(`${where}: '${groupBy.pattern}' is not a valid regular expression (${(err as Error).message})`);
+  }
+  const on = groupBy.on ?? 'name';
+  const gap = groupBy.numericGap ?? 0;
+  const keyed: { s: Sample; key: string }[] = [];
+  const unmatched: Sample[] = [];
+  for (const s of sorted) {
+    const subject = on === 'name' ? path.basename(s.file) : s.file.split(path.sep).join('/');
+    const m = re.exec(subject);
+    const key = m ? (m[1] ?? m[0]) : undefined;
+    if (key === undefined || key === '') unmatched.push(s);
+    else keyed.push({ s, key });
+  }
+  const show = (xs: Sample[]): string => xs.slice(0, 3).map((s) => (on === 'name' ? path.basename(s.file) : s.file)).join(', ') + (xs.length > 3 ? `, ... (${xs.length} in all)` : '');
+  if (samples.length > 0 && keyed.length === 0) {
+    throw new DatasetError(
+      `${where}: /${groupBy.pattern}/ matches none of the ${samples.length} file ${on === 'name' ? 'names' : 'paths'} (e.g. ${show(unmatched)}). Fix: make its first capture group pick the part id out of names like these, or set split.groupBy.kind: none.`,
+    );
+  }
+  if (unmatched.length && (groupBy.unmatched ?? 'error') === 'error') {
+    throw new DatasetError(
+      `${where}: /${groupBy.pattern}/ does not match ${show(unmatched)}. Fix: rename those files, widen the pattern, or set split.groupBy.unmatched: single (each such file a group of its own).`,
+    );
+  }
+  const groups: SampleGroup[] = [];
+  if (gap > 0) {
+    const num = keyed.map(({ s, key }) => ({ s, key, n: Number(key) }));
+    const bad = num.filter((x) => !Number.isFinite(x.n));
+    if (bad.length) {
+      throw new DatasetError(`${where}: numericGap needs numeric keys, but /${groupBy.pattern}/ gives '${bad[0]!.key}' for ${path.basename(bad[0]!.s.file)}. Fix: capture digits only, or set numericGap: 0.`);
+    }
+    num.sort((a, b) => a.n - b.n || byFile(a.s, b.s));
+    let cur: typeof num = [];
+    const flush = (): void => {
+      if (cur.length) groups.push({ key: cur[0]!.key, samples: cur.map((x) => x.s).sort(byFile) });
+      cur = [];
+    };
+    for (const x of num) {
+      if (cur.length && x.n - cur[cur.length - 1]!.n > gap) flush();
+      cur.push(x);
+    }
+    flush();
+  } else {
+    const map = new Map<string, Sample[]>();
+    for (const { s, key } of keyed) map.set(key, [...(map.get(key) ?? []), s]);
+    for (const [key, ss] of map) groups.push({ key, samples: ss });
+  }
+  for (const s of unmatched) groups.push({ key: s.file, samples: [s] });
+  return groups.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : byFile(a.samples[0]!, b.samples[0]!)));
+}
+
+/** A group's stratum: its most frequent defect class (ties: alphabetical), or 'good' when it holds only good images. */
+function stratumOf(g: SampleGroup): { label: string; isGood: boolean } {
+  const c = new Map<string, number>();
+  for (const s of g.samples) if (!s.isGood) c.set(s.label, (c.get(s.label) ?? 0) + 1);
+  if (c.size === 0) return { label: g.samples[0]!.label, isGood: true };
+  return { label: [...c].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1))[0]![0], isGood: false };
+}
+
+/**
+ * Groups of one stratum into parts: shuffled (seeded), then each part with a positive share gets
+ * one group while there are groups enough (largest share first), then every further group goes to
+ * the part furthest below its share of the stratum's images.
+ */
+function allocateGroups(groups: SampleGroup[], fractions: readonly number[]): SampleGroup[][] {
+  const parts: SampleGroup[][] = fractions.map(() => []);
+  const have = fractions.map(() => 0);
+  const sum = fractions.reduce((a, b) => a + b, 0);
+  const total = groups.reduce((a, g) => a + g.samples.length, 0);
+  const positive = fractions.map((f, i) => ({ f, i })).filter((x) => x.f > 0).sort((a, b) => b.f - a.f || a.i - b.i);
+  let next = 0;
+  if (groups.length >= positive.length) {
+    for (const { i } of positive) {
+      parts[i]!.push(groups[next]!);
+      have[i]! += groups[next++]!.samples.length;
+    }
+  }
+  for (; next < groups.length; next++) {
+    const g = groups[next]!;
+    let best = -1;
+    let bestDeficit = -Infinity;
+    for (let i = 0; i < fractions.length; i++) {
+      if (fractions[i]! <= 0) continue;
+      const deficit = (total * fractions[i]!) / sum - have[i]!;
+      if (deficit > bestDeficit + 1e-9) {
+        best = i;
+        bestDeficit = deficit;
+      }
+    }
+    parts[best]!.push(g);
+    have[best]! += g.samples.length;
+  }
+  return parts;
+}
+
+/**
  * Stratified, deterministic split: per class, samples sorted by file path then shuffled with a
  * seed derived from (seed, class), so adding a class does not reshuffle the others. In anomaly
  * mode no defective image is ever trained on, so defects go to val and test only (in the ratio of
  * their fractions) rather than wasting the train share.
+ *
+ * With `groupBy` (kind regex) whole groups are split instead of files (see GroupBy): every image
+ * of a group lands in the same split. Groups are stratified by their stratum (the group's most
+ * frequent defect class, or good) and shuffled with a seed derived from (seed, stratum); the
+ * fractions then hold for the images of each stratum as far as the group sizes allow.
  */
-export function splitSamples(samples: readonly Sample[], fractions: SplitFractions, seed: number, mode: 'anomaly' | 'supervised' = 'supervised'): Split {
+export function splitSamples(
+  samples: readonly Sample[],
+  fractions: SplitFractions,
+  seed: number,
+  mode: 'anomaly' | 'supervised' = 'supervised',
+  groupBy?: GroupBy,
+): Split {
   const out: Split = { train: [], val: [], test: [] };
+  if (groupBy && groupBy.kind !== 'none') {
+    const groups = groupSamples(samples, groupBy);
+    const strata = new Map<string, { isGood: boolean; groups: SampleGroup[] }>();
+    for (const g of groups) {
+      const st = stratumOf(g);
+      const e = strata.get(st.label) ?? { isGood: st.isGood, groups: [] };
+      e.groups.push(g);
+      strata.set(st.label, e);
+    }
+    for (const label of [...strata.keys()].sort()) {
+      const { isGood, groups: gs } = strata.get(label)!;
+      const r = rng(seedFor(seed, `group:${label}`));
+      for (let i = gs.length - 1; i > 0; i--) {
+        const j = Math.floor(r() * (i + 1));
+        [gs[i], gs[j]] = [gs[j]!, gs[i]!];
+      }
+      const f = mode === 'anomaly' && !isGood ? [0, fractions.val, fractions.test] : [fractions.train, fractions.val, fractions.test];
+      const [tr, va, te] = allocateGroups(gs, f) as [SampleGroup[], SampleGroup[], SampleGroup[]];
+      for (const g of tr) out.train.push(...g.samples);
+      for (const g of va) out.val.push(...g.samples);
+      for (const g of te) out.test.push(...g.samples);
+    }
+    out.groups = groups.length;
+    return out;
+  }
   const labels = [...new Set(samples.map((s) => s.label))].sort();
   for (const label of labels) {
-    const group = samples.filter((s) => s.label === label).sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
+    const group = samples.filter((s) => s.label === label).sort(byFile);
     const r = rng(seedFor(seed, label));
     for (let i = group.length - 1; i > 0; i--) {
       const j = Math.floor(r() * (i + 1));

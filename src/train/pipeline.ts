@@ -576,6 +576,10 @@ interface SplitFile {
   seed: number;
   mode: string;
   fractions: TrainConfig['split'];
+  /** The split policy in words (per file, or which files are kept together). */
+  policy: string;
+  /** How many units were split: groups, or files for a per-file split. */
+  groups: number;
   train: string[];
   val: string[];
   test: string[];
@@ -587,6 +591,14 @@ interface FitFile {
   head: FitResult['head'];
   parameters: FitResult['parameters'];
   weights: FitResult['weights'];
+}
+
+/** The split policy in words, for split.json, the report and the bundle's provenance. */
+export function splitPolicy(g: TrainConfig['split']['groupBy']): string {
+  if (g.kind === 'none') return 'per-file: every image assigned on its own, stratified by class';
+  const gap = g.numericGap > 0 ? `, numeric keys at most ${g.numericGap} apart chained into one group` : '';
+  const un = g.unmatched === 'single' ? '; unmatched files: a group each' : '';
+  return `grouped: key = first capture group of /${g.pattern}/ on the file ${g.on === 'name' ? 'name' : 'path'}${gap}${un}; a group never crosses splits; groups stratified by their most frequent defect class (or good)`;
 }
 
 async function defaultMethods(): Promise<Record<string, TrainMethod>> {
@@ -664,9 +676,18 @@ export async function runTraining(rc: ResolvedTrainConfig, opts: TrainOptions = 
     'preprocess',
     { dataset: dataset.sha256, split: cfg.split, seed: cfg.seed, mode: cfg.mode },
     async () => {
-      const s = splitSamples(samples, cfg.split, cfg.seed, cfg.mode);
+      const s = splitSamples(samples, cfg.split, cfg.seed, cfg.mode, cfg.split.groupBy);
       const rel = (xs: Sample[]) => xs.map((x) => relTo(dataset.root, x.file));
-      await writeJson(splitFile, { seed: cfg.seed, mode: cfg.mode, fractions: cfg.split, train: rel(s.train), val: rel(s.val), test: rel(s.test) } satisfies SplitFile);
+      await writeJson(splitFile, {
+        seed: cfg.seed,
+        mode: cfg.mode,
+        fractions: cfg.split,
+        policy: splitPolicy(cfg.split.groupBy),
+        groups: s.groups ?? samples.length,
+        train: rel(s.train),
+        val: rel(s.val),
+        test: rel(s.test),
+      } satisfies SplitFile);
       return { outputs: ['split.json'], value: s };
     },
     async () => {
@@ -676,7 +697,7 @@ export async function runTraining(rc: ResolvedTrainConfig, opts: TrainOptions = 
         if (!s) throw new Error(`split.json names ${rel}, which is not in the dataset manifest`);
         return s;
       };
-      return { train: f.train.map(get), val: f.val.map(get), test: f.test.map(get) };
+      return { train: f.train.map(get), val: f.val.map(get), test: f.test.map(get), groups: f.groups };
     },
   );
   const splitCounts = { train: countBy(split.train), val: countBy(split.val), test: countBy(split.test) };
@@ -789,6 +810,7 @@ export async function runTraining(rc: ResolvedTrainConfig, opts: TrainOptions = 
           ...(metrics.pixel ? { pixelAuroc: metrics.pixel.auroc, pro: metrics.pixel.pro, proFprLimit: metrics.pixel.proFprLimit } : {}),
         },
         weights: fit.weights,
+        split: { policy: splitPolicy(cfg.split.groupBy), groupBy: cfg.split.groupBy, groups: split.groups ?? samples.length, images: splitCounts },
         run: runId,
       });
       await rm(run.p('bundle'), { recursive: true, force: true });

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { memoryLogger } from '../../src/log.js';
-import { allocate, DatasetError, scanDataset, splitSamples } from '../../src/train/dataset.js';
+import { allocate, DatasetError, groupSamples, scanDataset, splitSamples, type GroupBy } from '../../src/train/dataset.js';
 import { loadTrainConfig, parseTrainConfig, TrainConfigError } from '../../src/train/config.js';
 import type { Sample } from '../../src/train/types.js';
 
@@ -185,13 +185,103 @@ describe('split', () => {
   });
 });
 
+describe('grouped split (split.groupBy)', () => {
+  // Parts photographed several times: part<P>_cam<C>.png, P = part id. 30 good parts x 3 views,
+  // 12 scratched parts x 2 views, 5 dented parts x 4 views (one view of each dented part is in good/:
+  // the dent shows in some views only), and a few with varying view counts.
+  const views = (label: string, part: number, n: number, isGood = label === 'good'): Sample[] =>
+    Array.from({ length: n }, (_, c) => ({ file: `/d/${label}/part${String(part).padStart(3, '0')}_cam${c}.png`, label, isGood, sha256: `${label}${part}.${c}` }));
+  const samples: Sample[] = [
+    ...Array.from({ length: 30 }, (_, i) => views('good', i, 2 + (i % 3))).flat(),
+    ...Array.from({ length: 12 }, (_, i) => views('scratch', 100 + i, 2)).flat(),
+    ...Array.from({ length: 5 }, (_, i) => [...views('dent', 200 + i, 3), { file: `/d/good/part${200 + i}_cam9.png`, label: 'good', isGood: true, sha256: `g${i}` }]).flat(),
+  ];
+  const fr = { train: 0.6, val: 0.2, test: 0.2 };
+  const byPart: GroupBy = { kind: 'regex', pattern: '^(part\\d+)_' };
+  const part = (s: Sample): string => /^(part\d+)_/.exec(path.basename(s.file))![1]!;
+  const where = (sp: ReturnType<typeof splitSamples>): Map<string, Set<string>> => {
+    const m = new Map<string, Set<string>>();
+    for (const k of ['train', 'val', 'test'] as const) for (const s of sp[k]) m.set(part(s), (m.get(part(s)) ?? new Set()).add(k));
+    return m;
+  };
+
+  it('never puts two images of one part into different splits', () => {
+    for (const seed of [1, 2, 3, 4, 5]) {
+      for (const mode of ['supervised', 'anomaly'] as const) {
+        const sp = splitSamples(samples, fr, seed, mode, byPart);
+        const all = [...sp.train, ...sp.val, ...sp.test].map((x) => x.file).sort();
+        assert.deepEqual(all, samples.map((x) => x.file).sort(), 'every sample exactly once');
+        for (const [p, ks] of where(sp)) assert.equal(ks.size, 1, `seed ${seed} ${mode}: ${p} is in ${[...ks].join(' and ')}`);
+        assert.equal(sp.groups, 47);
+        if (mode === 'anomaly') assert.equal(sp.train.filter((x) => !x.isGood).length, 0, 'no defect trained on in anomaly mode');
+      }
+    }
+  });
+
+  it('keeps the fractions per class approximately and every split gets each class', () => {
+    const sp = splitSamples(samples, fr, 1, 'supervised', byPart);
+    for (const label of ['good', 'scratch', 'dent']) {
+      const n = samples.filter((s) => s.label === label).length;
+      const c = (['train', 'val', 'test'] as const).map((k) => sp[k].filter((s) => s.label === label).length);
+      assert.ok(c.every((x) => x > 0), `${label}: ${c.join('/')}`);
+      assert.ok(Math.abs(c[0]! / n - 0.6) <= 0.15 && Math.abs(c[1]! / n - 0.2) <= 0.12 && Math.abs(c[2]! / n - 0.2) <= 0.12, `${label}: ${c.join('/')} of ${n}`);
+    }
+  });
+
+  it('is deterministic for a seed, whatever the input order, and changes with the seed', () => {
+    const a = splitSamples(samples, fr, 7, 'supervised', byPart);
+    const b = splitSamples([...samples].reverse(), fr, 7, 'supervised', byPart);
+    assert.deepEqual(a, b);
+    const c = splitSamples(samples, fr, 8, 'supervised', byPart);
+    assert.notDeepEqual(a.test.map((x) => x.file), c.test.map((x) => x.file));
+  });
+
+  it("kind 'none' is the per-file split", () => {
+    assert.deepEqual(splitSamples(samples, fr, 3, 'supervised', { kind: 'none' }), splitSamples(samples, fr, 3));
+  });
+
+  it('chains numeric keys within numericGap (frame counters)', () => {
+    const f = (n: number, label = 'good'): Sample => ({ file: `/d/${label}/exp1_num_${n}.jpg`, label, isGood: label === 'good', sha256: `${n}` });
+    const g = groupSamples([f(100), f(120), f(990), f(260, 'crack'), f(1000), f(1500), f(5)], { kind: 'regex', pattern: '_num_(\\d+)', numericGap: 150 });
+    const sets = g.map((x) => x.samples.map((s) => path.basename(s.file)).sort().join(' ')).sort();
+    assert.deepEqual(sets, ['exp1_num_100.jpg exp1_num_120.jpg exp1_num_260.jpg exp1_num_5.jpg', 'exp1_num_1000.jpg exp1_num_990.jpg', 'exp1_num_1500.jpg']);
+    assert.throws(() => groupSamples([f(1), { ...f(2), file: '/d/good/exp1_num_x2.jpg' }], { kind: 'regex', pattern: '_num_(\\w+)', numericGap: 10 }), /numericGap needs numeric keys/);
+  });
+
+  it('groups on the path with on: path (a folder per part)', () => {
+    const s = (p: string): Sample => ({ file: `/d/good/${p}`, label: 'good', isGood: true, sha256: p });
+    const g = groupSamples([s('a-1.png'), s('a-2.png'), s('b-1.png')], { kind: 'regex', pattern: '/good/(\\w+)-', on: 'path' });
+    assert.deepEqual(g.map((x) => x.samples.length), [2, 1]);
+  });
+
+  it('stops with a clear message when the pattern matches nothing, or misses files', () => {
+    assert.throws(
+      () => splitSamples(samples, fr, 1, 'supervised', { kind: 'regex', pattern: '_num_(\\d+)' }),
+      (e: Error) => e instanceof DatasetError && /split\.groupBy\.pattern: \/_num_\(\\d\+\)\/ matches none of the 134 file names \(e\.g\. part/.test(e.message),
+    );
+    const odd: Sample = { file: '/d/good/IMG_0001.png', label: 'good', isGood: true, sha256: 'x' };
+    assert.throws(() => splitSamples([...samples, odd], fr, 1, 'supervised', byPart), /does not match IMG_0001\.png.*unmatched: single/s);
+    const sp = splitSamples([...samples, odd], fr, 1, 'supervised', { ...byPart, unmatched: 'single' });
+    assert.equal(sp.groups, 48);
+  });
+
+  it('the config checks the pattern', () => {
+    const base = { dataset: { dir: 'data' }, method: 'm', output: { name: 'x' } };
+    assert.throws(() => parseTrainConfig({ ...base, split: { groupBy: { kind: 'regex' } } }), /split\.groupBy\.pattern: required/);
+    assert.throws(() => parseTrainConfig({ ...base, split: { groupBy: { kind: 'regex', pattern: '(' } } }), /split\.groupBy\.pattern: not a valid regular expression/);
+    const c = parseTrainConfig({ ...base, split: { groupBy: { kind: 'regex', pattern: '_num_(\\d+)', numericGap: 400 } } });
+    assert.deepEqual(c.split.groupBy, { kind: 'regex', pattern: '_num_(\\d+)', on: 'name', numericGap: 400, unmatched: 'error' });
+    assert.deepEqual(c.split.train, 0.6);
+  });
+});
+
 describe('training config', () => {
   it('fills defaults', () => {
     const c = parseTrainConfig({ dataset: { dir: 'data' }, method: 'm', output: { name: 'x' } });
     assert.equal(c.mode, 'anomaly');
     assert.equal(c.targetFrr, 0.01);
     assert.equal(c.seed, 1);
-    assert.deepEqual(c.split, { train: 0.6, val: 0.2, test: 0.2 });
+    assert.deepEqual(c.split, { train: 0.6, val: 0.2, test: 0.2, groupBy: { kind: 'none', pattern: '', on: 'name', numericGap: 0, unmatched: 'error' } });
     assert.deepEqual(c.params, {});
     assert.equal(c.output.version, '1.0.0');
     assert.equal(c.dataset.source, 'folder');
