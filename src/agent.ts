@@ -345,7 +345,23 @@ export class Agent {
 
   /** The native binding's pulse thread for the divert output, when the binding has one. */
   private nativePulses(gpio: GpioBinding, out: GpioOutput | undefined): NativePulses | undefined {
-    if (!out || !canSchedulePulses(gpio)) return undefined;
+    if (!out) return undefined;
+    // The thread runs on CLOCK_MONOTONIC: only with the SystemClock (never a test's FakeClock), and
+    // only for an output the binding really drives natively (an onoff line whose value file could
+    // not be opened has none).
+    const perOutput = (gpio as { hasNativePulses?: (o: GpioOutput) => boolean }).hasNativePulses;
+    const why = !canSchedulePulses(gpio)
+      ? ((gpio as { pulseEngine?: { reason: string } }).pulseEngine?.reason ?? `the ${gpio.name} binding has no native pulse engine`)
+      : !(this.clock instanceof SystemClock)
+        ? 'the clock is not the system clock'
+        : perOutput && !perOutput.call(gpio, out)
+          ? 'this output has no native pulse engine'
+          : undefined;
+    if (why !== undefined || !canSchedulePulses(gpio)) {
+      this.log.info('divert pulses: JS timers', { gpio: gpio.name, reason: why });
+      return undefined;
+    }
+    this.log.info('divert pulses: native pulse thread', { gpio: gpio.name });
     return {
       schedule: (atNs, widthMs) => gpio.schedulePulse(out, atNs, widthMs),
       cancel: () => gpio.cancelPulses(out),

@@ -10,6 +10,9 @@
 //    CLOCK_MONOTONIC) drives the line at absolute deadlines; overlapping pulses merge. The JS event
 //    loop and its GC are not on that path. Edge reports go back to JS through a
 //    ThreadSafeFunction (not waited for).
+//  - PulseTimer: the same engine without a line: it drives nothing (bench, tests, the simulator),
+//    or, given { path }, a sysfs GPIO `value` file opened O_WRONLY once and written with
+//    pwrite(fd, "1"/"0", 1, 0) from the pulse thread (the sysfs/onoff binding's outputs).
 //
 // Opening, listing and reading are done on the libuv pool (promises); set/get values are single
 // non-blocking ioctls and are also offered synchronously (writeSync on the safe-state path).
@@ -227,6 +230,7 @@ class PulseEngine {
   void NoteLevel(int level) {
     std::lock_guard<std::mutex> lk(mu_);
     level_ = level;
+    ownHigh_ = false;
   }
 
   void SetListener(Napi::Env env, Napi::Function cb) {
@@ -252,7 +256,12 @@ class PulseEngine {
     return o;
   }
 
-  void Stop() {
+  /**
+   * Stop the thread and drop pending pulses. An output a pulse holds on is driven off first (the
+   * safe state: closing mid-pulse must not leave the gate open); a level JS wrote is left alone.
+   * Returns true when it drove the output off.
+   */
+  bool Stop() {
     if (thread_.joinable()) {
       {
         std::lock_guard<std::mutex> lk(mu_);
@@ -265,10 +274,28 @@ class PulseEngine {
     timerFd_.reset();
     wakeFd_.reset();
     std::lock_guard<std::mutex> lk(mu_);
+    bool droveOff = false;
+    if (ownHigh_ && level_ == 1) {
+      int e = write_(0);
+      int64_t t = MonoNowNs();
+      if (e == 0) {
+        level_ = 0;
+        edges_++;
+        droveOff = true;
+      } else {
+        writeErrors_++;
+      }
+      ownHigh_ = false;
+      if (hasTsfn_) {
+        auto* copy = new PulseEdge{0, t, t, e};
+        if (tsfn_.NonBlockingCall(copy) != napi_ok) delete copy;
+      }
+    }
     if (hasTsfn_) {
       tsfn_.Release();
       hasTsfn_ = false;
     }
+    return droveOff;
   }
 
  private:
@@ -317,6 +344,7 @@ class PulseEngine {
           int64_t deadline = want ? onDeadline : (offDeadline == INT64_MIN ? t : offDeadline);
           if (e == 0) {
             level_ = want;
+            ownHigh_ = want == 1;
             edges_++;
             maxLateNs_ = std::max(maxLateNs_, t - deadline);
           } else {
@@ -357,6 +385,7 @@ class PulseEngine {
   Fd timerFd_, wakeFd_;
   bool stop_ = false;
   int level_ = -1;
+  bool ownHigh_ = false;  // the engine drove the output on (not JS through NoteLevel)
   uint64_t scheduled_ = 0, edges_ = 0, writeErrors_ = 0, missed_ = 0;
   int64_t maxLateNs_ = 0;
   std::atomic<bool> rtApplied_{false};
@@ -380,6 +409,17 @@ int ReadLineValue(int fd, int* out) {
   return 0;
 }
 
+/** One byte at offset 0 of a sysfs GPIO `value` file: what `echo 1 > value` does, without the shell. */
+int WriteSysfsValue(int fd, int value) {
+  const char c = value ? '1' : '0';
+  for (;;) {
+    ssize_t n = ::pwrite(fd, &c, 1, 0);
+    if (n == 1) return 0;
+    if (n < 0 && errno == EINTR) continue;
+    return n < 0 ? errno : EIO;
+  }
+}
+
 void PulseCommon(const Napi::CallbackInfo& info, int64_t* at, int64_t* width) {
   *at = ToInt64(info[0], "atNs");
   *width = ToInt64(info[1], "widthNs");
@@ -387,8 +427,10 @@ void PulseCommon(const Napi::CallbackInfo& info, int64_t* at, int64_t* width) {
 }
 
 /**
- * A PulseEngine without a line: fires at the deadlines and reports when it did. For the timing
- * bench and for tests on machines without GPIO.
+ * A PulseEngine without a line: fires at the deadlines and reports when it did. Without a path it
+ * drives nothing (timing bench, tests, the simulator's outputs); with { path } it drives a sysfs
+ * GPIO `value` file (opened O_WRONLY here, once; each edge is one pwrite from the pulse thread,
+ * its time taken after the write returned, a failed write's errno reported as the edge's error).
  */
 class PulseTimer : public Napi::ObjectWrap<PulseTimer> {
  public:
@@ -398,23 +440,43 @@ class PulseTimer : public Napi::ObjectWrap<PulseTimer> {
                            InstanceMethod("schedulePulse", &PulseTimer::Schedule),
                            InstanceMethod("cancelPulses", &PulseTimer::Cancel),
                            InstanceMethod("onPulseEdge", &PulseTimer::OnEdge),
+                           InstanceMethod("noteLevel", &PulseTimer::NoteLevel),
                            InstanceMethod("pulseStats", &PulseTimer::Stats),
                            InstanceMethod("close", &PulseTimer::Close),
+                           InstanceAccessor("path", &PulseTimer::GetPath, nullptr),
                        });
   }
   PulseTimer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<PulseTimer>(info) {
-    bool realtime = info.Length() > 0 && info[0].IsObject() && GetBool(info[0].As<Napi::Object>(), "realtime", false);
-    engine_ = std::make_unique<PulseEngine>("pulse-timer", realtime, [](int) { return 0; });
+    bool realtime = false;
+    if (info.Length() > 0 && info[0].IsObject()) {
+      Napi::Object o = info[0].As<Napi::Object>();
+      realtime = GetBool(o, "realtime", false);
+      path_ = GetString(o, "path");
+    }
+    PulseEngine::Write write = [](int) { return 0; };
+    if (!path_.empty()) {
+      fd_.reset(::open(path_.c_str(), O_WRONLY | O_CLOEXEC));
+      if (!fd_.valid()) ThrowSys(info.Env(), Sys("open", path_));
+      int fd = fd_.get();
+      write = [fd](int v) { return WriteSysfsValue(fd, v); };
+    }
+    engine_ = std::make_unique<PulseEngine>(path_.empty() ? "pulse-timer" : path_, realtime, std::move(write));
     env_ = info.Env();
     napi_add_env_cleanup_hook(env_, &PulseTimer::OnEnvCleanup, this);
   }
   ~PulseTimer() override {
-    engine_->Stop();
+    Teardown();
     napi_remove_env_cleanup_hook(env_, &PulseTimer::OnEnvCleanup, this);
   }
-  static void OnEnvCleanup(void* self) { static_cast<PulseTimer*>(self)->engine_->Stop(); }
+  static void OnEnvCleanup(void* self) { static_cast<PulseTimer*>(self)->Teardown(); }
 
  private:
+  /** The thread first (it may drive the output off), then the value file. */
+  bool Teardown() {
+    bool droveOff = engine_ ? engine_->Stop() : false;
+    fd_.reset();
+    return droveOff;
+  }
   Napi::Value Schedule(const Napi::CallbackInfo& info) {
     if (closed_) throw Napi::Error::New(info.Env(), "schedulePulse: the timer is closed");
     int64_t at, width;
@@ -429,16 +491,28 @@ class PulseTimer : public Napi::ObjectWrap<PulseTimer> {
   }
   Napi::Value OnEdge(const Napi::CallbackInfo& info) {
     if (info.Length() < 1 || !info[0].IsFunction()) throw Napi::TypeError::New(info.Env(), "onPulseEdge(cb)");
+    if (closed_) throw Napi::Error::New(info.Env(), "onPulseEdge: the timer is closed");
     engine_->SetListener(info.Env(), info[0].As<Napi::Function>());
     return info.Env().Undefined();
   }
-  Napi::Value Stats(const Napi::CallbackInfo& info) { return engine_->Stats(info.Env()); }
-  Napi::Value Close(const Napi::CallbackInfo& info) {
-    closed_ = true;
-    engine_->Stop();
+  /** noteLevel(0|1): the level JS wrote to the output itself, so the engine's next edge is right. */
+  Napi::Value NoteLevel(const Napi::CallbackInfo& info) {
+    if (info.Length() < 1) throw Napi::TypeError::New(info.Env(), "noteLevel(level: 0 | 1)");
+    engine_->NoteLevel(info[0].ToBoolean().Value() ? 1 : 0);
     return info.Env().Undefined();
   }
+  Napi::Value Stats(const Napi::CallbackInfo& info) { return engine_->Stats(info.Env()); }
+  Napi::Value GetPath(const Napi::CallbackInfo& info) {
+    return path_.empty() ? info.Env().Null() : Napi::String::New(info.Env(), path_);
+  }
+  /** close(): true when a pulse held the output on and it was driven off. */
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    closed_ = true;
+    return Napi::Boolean::New(info.Env(), Teardown());
+  }
   Napi::Env env_{nullptr};
+  std::string path_;
+  Fd fd_;
   std::unique_ptr<PulseEngine> engine_;
   bool closed_ = false;
 };

@@ -159,7 +159,12 @@ export const ConfigSchema = T.Object(
           description: "sim: in memory; onoff: sysfs; chardev: GPIO character device through the native addon (kernel edge times, native divert pulses); auto: chardev when the addon loads, else onoff",
         }),
         debounce: T.Union([T.Literal('lockout'), T.Literal('kernel')], { default: 'lockout', description: "chardev: 'lockout' ignores edges within debounceMs of the last one (edge time = first edge); 'kernel' uses the kernel's debounce (edge stamped once stable)" }),
-        realtime: T.Boolean({ default: true, description: 'chardev: run the native pulse thread at real-time priority when allowed (LimitRTPRIO in the unit)' }),
+        realtime: T.Boolean({ default: true, description: 'run the native pulse thread at real-time priority when allowed (LimitRTPRIO in the unit)' }),
+        nativePulses: T.Union([T.Literal('auto'), T.Literal('off')], {
+          default: 'auto',
+          description:
+            "sim and onoff: 'auto' drives divert pulses from the native pulse thread when the addon loads (onoff: through the line's sysfs value file; sim: the pin follows the thread's edges), as chardev always does; 'off': JS timers",
+        }),
         sysfsRoot: T.String({ default: '/sys/class/gpio', description: 'sysfs GPIO root (configurable for tests)' }),
         divert: T.Optional(LineSpecSchema),
         ready: T.Optional(LineSpecSchema),

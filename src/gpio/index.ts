@@ -15,7 +15,8 @@ export type { SimChip, SimGpioOptions, LevelChange } from './sim.js';
 export { OnoffGpio } from './onoff.js';
 export { ChardevGpio, canSchedulePulses, type PulseScheduling } from './chardev.js';
 export type { OnoffGpioOptions, OnoffGpioClass, OnoffGpioLike } from './onoff.js';
-export { DEFAULT_SYSFS_ROOT, listSysfsChips, findSysfsChip, resolveSysfsLine } from './sysfs.js';
+export { DEFAULT_SYSFS_ROOT, listSysfsChips, findSysfsChip, resolveSysfsLine, sysfsValuePath } from './sysfs.js';
+export { choosePulseEngine, type NativePulsesMode, type PulseEngineChoice } from './native-pulses.js';
 export type { SysfsChip, SysfsOptions, ResolvedLine } from './sysfs.js';
 
 /**
@@ -26,16 +27,16 @@ export function createGpioBinding(cfg: Config['gpio'], deps: { clock: Clock; log
   const log = deps.log.child({ component: 'gpio' });
   switch (cfg.backend) {
     case 'sim':
-      return new SimGpio({ clock: deps.clock });
+      return new SimGpio({ clock: deps.clock, nativePulses: cfg.nativePulses, realtime: cfg.realtime, log });
     case 'onoff':
-      return new OnoffGpio({ sysfsRoot: cfg.sysfsRoot, log });
+      return new OnoffGpio({ sysfsRoot: cfg.sysfsRoot, log, nativePulses: cfg.nativePulses, realtime: cfg.realtime });
     case 'chardev':
       return new ChardevGpio({ log, debounce: cfg.debounce, realtime: cfg.realtime });
     case 'auto': {
       const why = nativeStatus();
       if (why.available) return new ChardevGpio({ log, debounce: cfg.debounce, realtime: cfg.realtime });
       log.warn('gpio.backend auto: native addon not available, using sysfs (onoff)', { reason: why.reason });
-      return new OnoffGpio({ sysfsRoot: cfg.sysfsRoot, log });
+      return new OnoffGpio({ sysfsRoot: cfg.sysfsRoot, log, nativePulses: cfg.nativePulses, realtime: cfg.realtime });
     }
     default:
       throw new GpioError(`unknown gpio.backend '${String((cfg as { backend: unknown }).backend)}' (expected sim, onoff, chardev or auto)`);

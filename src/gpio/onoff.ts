@@ -12,12 +12,21 @@
 //
 // onoff always talks to /sys/class/gpio (hard-coded in the package); sysfsRoot only moves where
 // lines are resolved, for tests.
+//
+// Divert pulses: when the native addon loads (and gpio.nativePulses is not 'off') each output gets
+// the native pulse thread, driving the line's sysfs `value` file (<sysfsRoot>/gpioN/value, the file
+// onoff writes too; logical levels, the kernel applies active_low) at absolute monotonic
+// deadlines, and the binding offers PulseScheduling as the character-device binding does.
+// Without the addon the divert scheduler runs on JS timers.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
+import type { NativeAddon } from '../native/addon.js';
+import type { PulseScheduling } from './chardev.js';
+import { choosePulseEngine, OutputPulser, pulseScheduling, type NativePulsesMode, type PulseEngineChoice } from './native-pulses.js';
 import { checkDebounce, checkEdge, checkLevel, checkSpec, EdgeFilter, lineName } from './sim.js';
-import { DEFAULT_SYSFS_ROOT, resolveSysfsLine } from './sysfs.js';
+import { DEFAULT_SYSFS_ROOT, resolveSysfsLine, sysfsValuePath } from './sysfs.js';
 import type { Edge, EdgeEvent, GpioBinding, GpioInput, GpioOutput, LineSpec } from './types.js';
 import { GpioError } from './types.js';
 
@@ -50,6 +59,12 @@ export interface OnoffGpioOptions {
   log?: Logger;
   /** onoff's Gpio class; tests pass a fake. Default: `import('onoff')` on first open. */
   gpioClass?: OnoffGpioClass;
+  /** 'auto' (default): outputs' pulses from the native pulse thread when the addon loads; 'off': JS timers. */
+  nativePulses?: NativePulsesMode;
+  /** SCHED_FIFO for the pulse threads when allowed (default true), as gpio.realtime for chardev. */
+  realtime?: boolean;
+  /** The addon (tests); null: none; default: loaded when the binding is made. */
+  addon?: NativeAddon | null;
 }
 
 /** Why onoff cannot be used here, in words an operator can act on. */
@@ -81,8 +96,16 @@ function mapError(err: unknown, what: string, gpio: number): GpioError {
   }
 }
 
-export class OnoffGpio implements GpioBinding {
+export class OnoffGpio implements GpioBinding, Partial<PulseScheduling> {
   readonly name = 'onoff';
+  /** Where divert pulses come from, and why (the agent logs it). */
+  readonly pulseEngine: PulseEngineChoice;
+  // Set (own properties) only with the native engine, so canSchedulePulses() tells the truth.
+  schedulePulse?: PulseScheduling['schedulePulse'];
+  cancelPulses?: PulseScheduling['cancelPulses'];
+  onPulseEdge?: PulseScheduling['onPulseEdge'];
+  pulseStats?: PulseScheduling['pulseStats'];
+  private readonly realtime: boolean;
   private readonly sysfsRoot: string;
   private readonly busRoot: string | undefined;
   private readonly log: Logger;
@@ -96,9 +119,27 @@ export class OnoffGpio implements GpioBinding {
     this.busRoot = opts.busRoot;
     this.log = opts.log ?? silentLogger;
     this.gpioClass = opts.gpioClass;
+    this.realtime = opts.realtime ?? true;
+    this.pulseEngine = choosePulseEngine({ nativePulses: opts.nativePulses, addon: opts.addon });
+    if (this.pulseEngine.engine === 'native') Object.assign(this, pulseScheduling((o, op) => this.pulser(o, op)));
     if (!opts.gpioClass && this.sysfsRoot !== DEFAULT_SYSFS_ROOT) {
       this.log.warn('gpio: sysfsRoot differs from /sys/class/gpio, but onoff always uses /sys/class/gpio', { sysfsRoot: this.sysfsRoot });
     }
+  }
+
+  private pulser(output: GpioOutput, op: string): OutputPulser {
+    if (!(output instanceof OnoffOutput) || this.open.get(output.gpio) !== output) {
+      throw new GpioError(`${op}: the output was not opened by this onoff binding (or is closed)`);
+    }
+    if (!output.pulser) {
+      throw new GpioError(`${op} on ${output.what}: this output has no native pulse engine (its value file could not be opened); use JS timers`);
+    }
+    return output.pulser;
+  }
+
+  /** Whether the native pulse thread drives this output (false: schedule its pulses on JS timers). */
+  hasNativePulses(output: GpioOutput): boolean {
+    return output instanceof OnoffOutput && output.pulser !== undefined && this.open.get(output.gpio) === output;
   }
 
   private async load(): Promise<OnoffGpioClass> {
@@ -156,7 +197,23 @@ export class OnoffGpio implements GpioBinding {
     } catch (err) {
       throw mapError(err, what, gpio);
     }
-    const output = new OnoffOutput(g, gpio, what, this.log, () => this.open.delete(gpio));
+    let pulser: OutputPulser | undefined;
+    const addon = this.pulseEngine.addon;
+    if (addon) {
+      const path = sysfsValuePath(gpio, { sysfsRoot: this.sysfsRoot });
+      try {
+        const timer = new addon.gpio.PulseTimer({ realtime: this.realtime, path });
+        timer.noteLevel(opts.initial);
+        pulser = new OutputPulser(timer, what, this.log);
+      } catch (err) {
+        this.log.warn('gpio: native pulses unavailable for this output (its value file cannot be opened); its pulses run on JS timers', {
+          line: lineName(spec),
+          path,
+          error: (err as Error).message,
+        });
+      }
+    }
+    const output = new OnoffOutput(g, gpio, what, this.log, () => this.open.delete(gpio), pulser);
     this.open.set(gpio, output);
     this.log.debug('gpio: output open', { line: lineName(spec), gpio, initial: opts.initial });
     return output;
@@ -231,10 +288,12 @@ class OnoffOutput implements GpioOutput {
 
   constructor(
     private readonly g: OnoffGpioLike,
-    private readonly gpio: number,
-    private readonly what: string,
+    readonly gpio: number,
+    readonly what: string,
     private readonly log: Logger,
     private readonly release: () => void,
+    /** The native pulse thread driving this line's value file, when there is one. */
+    readonly pulser?: OutputPulser,
   ) {}
 
   private check(op: string): void {
@@ -249,6 +308,7 @@ class OnoffOutput implements GpioOutput {
     } catch (err) {
       throw mapError(err, `write ${this.what}`, this.gpio);
     }
+    this.pulser?.noteLevel(value);
   }
 
   writeSync(value: 0 | 1): void {
@@ -259,6 +319,7 @@ class OnoffOutput implements GpioOutput {
     } catch (err) {
       throw mapError(err, `write ${this.what}`, this.gpio);
     }
+    this.pulser?.noteLevel(value);
   }
 
   async read(): Promise<0 | 1> {
@@ -274,6 +335,13 @@ class OnoffOutput implements GpioOutput {
     if (this.closed) return;
     this.closed = true;
     this.release();
+    // Pulses first: pending ones dropped, the thread stopped, a pulse holding the line on driven
+    // off (through the value file, before the line is unexported).
+    try {
+      this.pulser?.close();
+    } catch (err) {
+      this.log.warn('gpio: stopping the pulse thread failed', { line: this.what, err });
+    }
     try {
       this.g.unexport();
     } catch (err) {

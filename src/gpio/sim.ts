@@ -2,8 +2,19 @@
 // the real bindings (the shared contract suite in test/unit/gpio-contract.ts holds both to it) and
 // adds helpers a test needs: drive() an input as the outside world would, level() and history()
 // of the pin as a probe would see it.
+//
+// Divert pulses: on the SystemClock with the native addon loaded (nativePulses 'auto', the
+// default) the outputs' pulses come from the native pulse thread (a line-less PulseTimer), and the
+// pin's level and history follow the thread's edge reports, timed by the thread: the demo and the
+// agent bench then time the divert exactly as a real line would. On a FakeClock, or with 'off',
+// the binding offers no PulseScheduling and the divert scheduler runs on the clock's timers.
 import type { Clock } from '../clock.js';
 import { msToNs } from '../clock.js';
+import type { Logger } from '../log.js';
+import { silentLogger } from '../log.js';
+import type { NativeAddon } from '../native/addon.js';
+import type { PulseScheduling } from './chardev.js';
+import { choosePulseEngine, OutputPulser, pulseScheduling, type NativePulsesMode, type PulseEngineChoice } from './native-pulses.js';
 import type { Edge, EdgeEvent, GpioBinding, GpioInput, GpioOutput, LineSpec } from './types.js';
 import { GpioError } from './types.js';
 
@@ -84,6 +95,16 @@ export interface SimGpioOptions {
   clock: Clock;
   /** Default: one chip 'sim0' with 32 lines, also reachable as '/dev/gpiochip0'. */
   chips?: SimChip[];
+  /**
+   * 'auto' (default): outputs' pulses from the native pulse thread when the addon loads and the
+   * clock is a SystemClock; 'off': the divert scheduler's JS timers.
+   */
+  nativePulses?: NativePulsesMode;
+  /** SCHED_FIFO for the pulse threads when allowed (default true), as on a real line. */
+  realtime?: boolean;
+  /** The addon (tests); null: none; default: loaded when the binding is made. */
+  addon?: NativeAddon | null;
+  log?: Logger;
 }
 
 export interface LevelChange {
@@ -100,15 +121,28 @@ interface LineState {
   history: LevelChange[];
 }
 
-export class SimGpio implements GpioBinding {
+export class SimGpio implements GpioBinding, Partial<PulseScheduling> {
   readonly name = 'sim';
   readonly clock: Clock;
+  /** Where divert pulses come from, and why (the agent logs it). */
+  readonly pulseEngine: PulseEngineChoice;
+  // Set (own properties) only with the native engine, so canSchedulePulses() tells the truth.
+  schedulePulse?: PulseScheduling['schedulePulse'];
+  cancelPulses?: PulseScheduling['cancelPulses'];
+  onPulseEdge?: PulseScheduling['onPulseEdge'];
+  pulseStats?: PulseScheduling['pulseStats'];
+  private readonly realtime: boolean;
+  private readonly log: Logger;
   private readonly chipList: Required<SimChip>[];
   private readonly lines = new Map<string, LineState>();
   private closed = false;
 
   constructor(opts: SimGpioOptions) {
     this.clock = opts.clock;
+    this.realtime = opts.realtime ?? true;
+    this.log = opts.log ?? silentLogger;
+    this.pulseEngine = choosePulseEngine({ nativePulses: opts.nativePulses, addon: opts.addon, clock: opts.clock });
+    if (this.pulseEngine.engine === 'native') Object.assign(this, pulseScheduling((o, op) => this.pulser(o, op)));
     const chips = opts.chips ?? [{ label: 'sim0', lines: 32 }];
     this.chipList = chips.map((c, i) => {
       if (!Number.isInteger(c.lines) || c.lines < 1) throw new GpioError(`sim chip '${c.label}': lines must be an integer >= 1`);
@@ -138,7 +172,25 @@ export class SimGpio implements GpioBinding {
     const output = new SimOutput(this, key, state, spec);
     state.owner = output;
     output.set(opts.initial, true);
+    const addon = this.pulseEngine.addon;
+    if (addon) {
+      const timer = new addon.gpio.PulseTimer({ realtime: this.realtime });
+      timer.noteLevel(opts.initial);
+      output.pulser = new OutputPulser(timer, `output ${key}`, this.log, (level, atNs) => output.pulsed(level, atNs));
+    }
     return output;
+  }
+
+  private pulser(output: GpioOutput, op: string): OutputPulser {
+    if (!(output instanceof SimOutput) || output.isClosed() || output.sim !== this || !output.pulser) {
+      throw new GpioError(`${op}: the output was not opened by this sim binding (or is closed)`);
+    }
+    return output.pulser;
+  }
+
+  /** Whether the native pulse thread drives this output (false: schedule its pulses on JS timers). */
+  hasNativePulses(output: GpioOutput): boolean {
+    return output instanceof SimOutput && output.sim === this && !output.isClosed() && output.pulser !== undefined;
   }
 
   async close(): Promise<void> {
@@ -267,9 +319,11 @@ class SimInput implements GpioInput {
 
 class SimOutput implements GpioOutput {
   private closed = false;
+  /** The native pulse thread (line-less) whose edges set this pin, when there is one. */
+  pulser: OutputPulser | undefined;
 
   constructor(
-    private readonly sim: SimGpio,
+    readonly sim: SimGpio,
     private readonly key: string,
     private readonly state: LineState,
     private readonly spec: LineSpec,
@@ -279,12 +333,21 @@ class SimOutput implements GpioOutput {
     if (this.closed) throw new GpioError(`${op} on output ${this.key}: the line is closed`);
   }
 
-  /** Set the logical level; records the electrical change. */
-  set(value: 0 | 1, opening = false): void {
+  isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Set the logical level; records the electrical change (at timeNs, default now). */
+  set(value: 0 | 1, opening = false, timeNs?: bigint): void {
     const level = (value ^ (this.spec.activeLow ? 1 : 0)) as 0 | 1;
     if (!opening && level === this.state.level) return;
     this.state.level = level;
-    this.state.history.push({ value: level, timeNs: this.sim.clock.nowNs() });
+    this.state.history.push({ value: level, timeNs: timeNs ?? this.sim.clock.nowNs() });
+  }
+
+  /** The pulse thread drove the (logical) level at atNs. */
+  pulsed(level: 0 | 1, atNs: bigint): void {
+    if (!this.closed) this.set(level, false, atNs);
   }
 
   async write(value: 0 | 1): Promise<void> {
@@ -295,6 +358,7 @@ class SimOutput implements GpioOutput {
     this.check('write');
     checkLevel(value, `write ${this.key}`);
     this.set(value);
+    this.pulser?.noteLevel(value);
   }
 
   async read(): Promise<0 | 1> {
@@ -304,6 +368,8 @@ class SimOutput implements GpioOutput {
 
   async close(): Promise<void> {
     if (this.closed) return;
+    // Pulses first: pending ones dropped, the thread stopped; a pulse holding the pin on ends now.
+    if (this.pulser?.close()) this.set(0);
     this.closed = true;
     this.sim.release(this.state, this);
   }

@@ -132,6 +132,11 @@ export function findSysfsChip(chipName: string, opts: SysfsOptions = {}): SysfsC
   throw new GpioError(`no GPIO chip labelled '${chipName}'; labels here: ${describeChips(chips)}`);
 }
 
+/** The `value` file of an exported line: what onoff writes, and the native pulse thread with it. */
+export function sysfsValuePath(gpio: number, opts: Pick<SysfsOptions, 'sysfsRoot'> = {}): string {
+  return join(opts.sysfsRoot ?? DEFAULT_SYSFS_ROOT, `gpio${gpio}`, 'value');
+}
+
 /** Resolve a line (chip label or /dev/gpiochipN, and offset) to its global sysfs number. */
 export function resolveSysfsLine(spec: Pick<LineSpec, 'chip' | 'line'>, opts: SysfsOptions = {}): ResolvedLine {
   if (!Number.isInteger(spec.line) || spec.line < 0) {

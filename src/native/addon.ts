@@ -83,6 +83,27 @@ export interface NativePulseTarget {
   close(): void;
 }
 
+/** The pulse engine without a line (gpio.PulseTimer). */
+export interface NativePulseTimer extends NativePulseTarget {
+  /** The sysfs `value` file it drives, or null when it drives nothing. */
+  readonly path: string | null;
+  /** The level JS wrote to the output itself, so the engine's next transition is computed from it. */
+  noteLevel(level: 0 | 1): void;
+  /** Stops the thread; true when a pulse held the output on and it was driven off (safe state). */
+  close(): boolean;
+}
+
+export interface NativePulseTimerOptions {
+  /** SCHED_FIFO for the pulse thread (needs CAP_SYS_NICE; falls back silently). */
+  realtime?: boolean;
+  /**
+   * A sysfs GPIO `value` file (/sys/class/gpio/gpioN/value) to drive: opened O_WRONLY at
+   * construction (throws the open's errno), each edge one pwrite("1"/"0") from the pulse thread.
+   * Without it the timer drives nothing and only reports when it would have.
+   */
+  path?: string;
+}
+
 export interface NativeLine extends NativePulseTarget {
   readonly fd: number;
   readonly closed: boolean;
@@ -99,8 +120,8 @@ export interface NativeGpio {
   chipInfo(path: string): Promise<NativeChipInfo>;
   lineInfo(path: string, offset: number): Promise<NativeLineInfo>;
   requestLine(req: NativeLineRequest): Promise<NativeLine>;
-  /** A pulse engine without a line (bench, tests): fires at the deadlines and reports when. */
-  PulseTimer: new (opts?: { realtime?: boolean }) => NativePulseTarget;
+  /** A pulse engine without a line (bench, tests, sim) or driving a sysfs value file (onoff). */
+  PulseTimer: new (opts?: NativePulseTimerOptions) => NativePulseTimer;
   monotonicNs(): bigint;
 }
 
