@@ -4,6 +4,7 @@
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
+import { decodeImageFile } from '../src/camera/replay.js';
 import { renderFilmFrame } from '../src/camera/synthetic.js';
 import type { Frame } from '../src/part.js';
 import { defaultCacheDir } from './models.js';
@@ -31,20 +32,12 @@ export async function ensureImages(width: number, height: number, cacheDir = def
   return { dir, files: list() };
 }
 
-/** The replay camera's decode (src/camera/replay.ts), file to raw frame. */
-export async function decodeLikeReplay(file: string, gray: boolean, seq: number): Promise<Frame> {
-  let img = sharp(file, { failOn: 'warning' }).autoOrient().removeAlpha();
-  img = gray ? img.grayscale() : img.toColourspace('srgb');
-  const { data, info } = await img.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
-  return {
-    seq,
-    timeNs: process.hrtime.bigint(),
-    width: info.width,
-    height: info.height,
-    channels: gray ? 1 : 3,
-    data: new Uint8Array(data.buffer, data.byteOffset, data.length),
-    source: 'replay',
-    file,
-  };
+/**
+ * Decode as the replay camera does (the same function). `fit`: the model input it decodes for with
+ * `camera.replay.decodeSize: model` (the default) — undefined for every pixel (`full`).
+ */
+export async function decodeLikeReplay(file: string, gray: boolean, seq: number, fit?: { width: number; height: number }): Promise<Frame> {
+  const d = await decodeImageFile(file, { colour: gray ? 'gray' : 'rgb', fit });
+  return { seq, timeNs: process.hrtime.bigint(), ...d, source: 'replay', file };
 }
 

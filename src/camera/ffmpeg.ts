@@ -7,7 +7,7 @@ import { msToNs } from '../clock.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import type { Frame } from '../part.js';
-import { FpsMeter, Subscribers } from './synthetic.js';
+import { FpsMeter, FrameWaiters, Subscribers } from './kit.js';
 import { FrameError, type FrameSource } from './types.js';
 
 type FfmpegConfig = Config['camera']['ffmpeg'];
@@ -54,14 +54,9 @@ interface Child {
   stderr: string[];
 }
 
-interface Waiter {
-  resolve: (f: Frame) => void;
-  reject: (e: FrameError) => void;
-  timer: Timer;
-}
-
 export class FfmpegSource implements FrameSource {
   readonly name = 'ffmpeg';
+  readonly live = true;
   private readonly width: number;
   private readonly height: number;
   private readonly channels: 1 | 3;
@@ -70,7 +65,7 @@ export class FfmpegSource implements FrameSource {
   private readonly log: Logger;
   private readonly meter: FpsMeter;
   private readonly subs = new Subscribers();
-  private readonly waiters = new Set<Waiter>();
+  private readonly waiters: FrameWaiters;
   /** Every child not yet reaped, so stop() can wait for all of them. */
   private readonly alive = new Set<Child>();
 
@@ -95,6 +90,10 @@ export class FfmpegSource implements FrameSource {
     this.channels = cfg.colour === 'gray' ? 1 : 3;
     this.frameSize = cfg.width * cfg.height * this.channels;
     this.stallNs = msToNs(cfg.stallTimeoutMs);
+    this.waiters = new FrameWaiters(deps.clock, this.stallNs, () => {
+      this.counts.errors++;
+      return new FrameError(`no frame from ffmpeg within ${cfg.stallTimeoutMs} ms (input ${cfg.input})`, 'camera');
+    });
     this.backoffMs = cfg.restartMinMs;
     this.log = deps.log.child({ component: 'camera', source: 'ffmpeg' });
     this.meter = new FpsMeter(deps.clock);
@@ -137,28 +136,13 @@ export class FfmpegSource implements FrameSource {
     this.child = undefined;
     this.partial = undefined;
     this.filled = 0;
-    for (const w of [...this.waiters]) {
-      w.timer.cancel();
-      w.reject(new FrameError('ffmpeg camera stopped', 'camera'));
-    }
-    this.waiters.clear();
+    this.waiters.fail(new FrameError('ffmpeg camera stopped', 'camera'));
     await Promise.all([...this.alive].map((c) => this.kill(c)));
   }
 
   grab(): Promise<Frame> {
     if (!this.running) return Promise.reject(new FrameError('ffmpeg camera is not started', 'camera'));
-    return new Promise<Frame>((resolve, reject) => {
-      const w: Waiter = {
-        resolve,
-        reject,
-        timer: this.deps.clock.at(this.deps.clock.nowNs() + this.stallNs, () => {
-          this.waiters.delete(w);
-          this.counts.errors++;
-          reject(new FrameError(`no frame from ffmpeg within ${this.cfg.stallTimeoutMs} ms (input ${this.cfg.input})`, 'camera'));
-        }),
-      };
-      this.waiters.add(w);
-    });
+    return this.waiters.next();
   }
 
   onFrame(cb: (frame: Frame) => void, onError?: (err: FrameError) => void): () => void {
@@ -281,14 +265,7 @@ export class FfmpegSource implements FrameSource {
     this.latest = frame;
     this.counts.frames++;
     this.meter.tick();
-    if (this.waiters.size) {
-      const ws = [...this.waiters];
-      this.waiters.clear();
-      for (const w of ws) {
-        w.timer.cancel();
-        w.resolve(frame);
-      }
-    }
+    this.waiters.deliver(frame);
     this.subs.frame(frame);
   }
 

@@ -8,7 +8,8 @@ import type { Clock } from '../clock.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import type { Frame, GroundTruth } from '../part.js';
-import { FpsMeter, Pacer, Subscribers, hashSeed, mulberry32 } from './synthetic.js';
+import { FpsMeter, Pacer, Subscribers } from './kit.js';
+import { hashSeed, mulberry32 } from './synthetic.js';
 import { FrameError, type FrameSource } from './types.js';
 
 const IMAGE = /\.(jpe?g|png)$/i;
@@ -90,6 +91,7 @@ export class ReplaySource implements FrameSource {
   private frames = 0;
   private errors = 0;
   private root = '';
+  private fit: { width: number; height: number } | undefined;
   private readonly meter: FpsMeter;
   private readonly pacer: Pacer;
   private readonly subs: Subscribers;
@@ -173,6 +175,10 @@ export class ReplaySource implements FrameSource {
     return this.decode(item);
   }
 
+  fitFor(size: { width: number; height: number } | undefined): void {
+    this.fit = size && this.cfg.decodeSize === 'model' ? { ...size } : undefined;
+  }
+
   onFrame(cb: (frame: Frame) => void, onError?: (err: FrameError) => void): () => void {
     return this.subs.add(cb, onError);
   }
@@ -194,38 +200,16 @@ export class ReplaySource implements FrameSource {
   }
 
   private async decode(item: ReplayItem): Promise<Frame> {
-    const gray = this.cfg.colour === 'gray';
     let decoded;
     try {
-      // failOn 'warning': a truncated or damaged file is an error, not a half-grey frame.
-      let img = sharp(item.file, { failOn: 'warning', limitInputPixels: MAX_INPUT_PIXELS }).autoOrient().removeAlpha();
-      img = gray ? img.grayscale() : img.toColourspace('srgb');
-      decoded = await img.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+      decoded = await decodeImageFile(item.file, { colour: this.cfg.colour, fit: this.fit });
     } catch (err) {
       this.errors++;
-      throw new FrameError(`replay camera: cannot decode ${item.file}: ${(err as Error).message}`, 'bad_frame');
-    }
-    const { data, info } = decoded;
-    const channels = gray ? 1 : 3;
-    if (info.channels !== channels || data.length !== info.width * info.height * channels) {
-      this.errors++;
-      throw new FrameError(
-        `replay camera: ${item.file} decoded to ${info.width}x${info.height}x${info.channels} (${data.length} bytes), expected ${channels} channel(s)`,
-        'bad_frame',
-      );
+      throw err;
     }
     this.frames++;
     this.meter.tick();
-    const frame: Frame = {
-      seq: this.seq++,
-      timeNs: this.deps.clock.nowNs(),
-      width: info.width,
-      height: info.height,
-      channels,
-      data: new Uint8Array(data.buffer, data.byteOffset, data.length),
-      source: 'replay',
-      file: item.file,
-    };
+    const frame: Frame = { seq: this.seq++, timeNs: this.deps.clock.nowNs(), ...decoded, source: 'replay', file: item.file };
     if (item.label !== undefined) frame.truth = truthFromLabel(item.label);
     return frame;
   }
@@ -249,4 +233,37 @@ export class ReplaySource implements FrameSource {
     }
     if (this.finished) this.pacer.stop();
   }
+}
+
+/**
+ * An image file as a frame's pixels, as the replay camera decodes it (the bench times this very
+ * function). `fit`: decode at the smallest size covering it, aspect kept (see ReplaySource.fitFor).
+ * Throws FrameError('bad_frame') naming the file and the problem.
+ */
+export async function decodeImageFile(
+  file: string,
+  opts: { colour: 'gray' | 'rgb'; fit?: { width: number; height: number } | undefined },
+): Promise<{ width: number; height: number; channels: 1 | 3; data: Uint8Array }> {
+  const gray = opts.colour === 'gray';
+  let decoded;
+  try {
+    // failOn 'warning': a truncated or damaged file is an error, not a half-grey frame.
+    let img = sharp(file, { failOn: 'warning', limitInputPixels: MAX_INPUT_PIXELS }).autoOrient().removeAlpha();
+    // At least the model's input on both sides, aspect kept: libjpeg then decodes at 1/2, 1/4 or 1/8
+    // scale (shrink-on-load), and the model's own resize works on a frame 4–16× smaller.
+    if (opts.fit) img = img.resize({ width: opts.fit.width, height: opts.fit.height, fit: 'outside', withoutEnlargement: true });
+    img = gray ? img.grayscale() : img.toColourspace('srgb');
+    decoded = await img.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+  } catch (err) {
+    throw new FrameError(`replay camera: cannot decode ${file}: ${(err as Error).message}`, 'bad_frame');
+  }
+  const { data, info } = decoded;
+  const channels = gray ? 1 : 3;
+  if (info.channels !== channels || data.length !== info.width * info.height * channels) {
+    throw new FrameError(
+      `replay camera: ${file} decoded to ${info.width}x${info.height}x${info.channels} (${data.length} bytes), expected ${channels} channel(s)`,
+      'bad_frame',
+    );
+  }
+  return { width: info.width, height: info.height, channels, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
 }

@@ -18,8 +18,18 @@ export class FrameError extends Error {
  */
 export interface FrameSource {
   readonly name: string;
+  /**
+   * Frames come from a device or process that runs on its own (ffmpeg, V4L2): grab() waits for the
+   * next one and consumes nothing, so the agent can wait for a first frame before it reports ready.
+   */
+  readonly live?: boolean;
   start(): Promise<void>;
   stop(): Promise<void>;
+  /**
+   * The smallest frame the model needs (undefined: full size). A source that decodes images may then
+   * decode at a reduced size that still covers it (JPEG shrink-on-load): less CPU and memory per part.
+   */
+  fitFor?(size: { width: number; height: number } | undefined): void;
   /** The next frame. Rejects with FrameError (reason bad_frame or camera) when it cannot. */
   grab(): Promise<Frame>;
   /** Subscribe to every captured frame (free-run). Returns an unsubscribe function. */

@@ -10,7 +10,7 @@ import type { Logger } from '../log.js';
 import type { Frame } from '../part.js';
 import type { NativeAddon, NativeError, V4l2Control, V4l2Device, V4l2FormatDesc, V4l2NativeFrame, V4l2Size } from '../native/addon.js';
 import { loadNative } from '../native/addon.js';
-import { FpsMeter, Subscribers } from './synthetic.js';
+import { FpsMeter, FrameWaiters, Subscribers } from './kit.js';
 import { FrameError, type FrameSource } from './types.js';
 
 export type V4l2PixelFormat = 'auto' | 'YUYV' | 'MJPG' | 'GREY' | 'RGB3';
@@ -114,18 +114,13 @@ async function sharpDecode(jpeg: Uint8Array, colour: 'gray' | 'rgb') {
   return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), width: info.width, height: info.height, channels: info.channels as 1 | 3 };
 }
 
-interface Waiter {
-  resolve: (f: Frame) => void;
-  reject: (e: FrameError) => void;
-  timer: Timer;
-}
-
 export class V4l2Source implements FrameSource {
   readonly name = 'v4l2';
+  readonly live = true;
   private readonly log: Logger;
   private readonly meter: FpsMeter;
   private readonly subs = new Subscribers();
-  private readonly waiters = new Set<Waiter>();
+  private readonly waiters: FrameWaiters;
   private readonly stallNs: bigint;
   private readonly restartMinMs: number;
   private readonly restartMaxMs: number;
@@ -151,6 +146,10 @@ export class V4l2Source implements FrameSource {
     this.log = deps.log.child({ component: 'camera', source: 'v4l2' });
     this.meter = new FpsMeter(deps.clock);
     this.stallNs = msToNs(opts.stallTimeoutMs ?? 2000);
+    this.waiters = new FrameWaiters(deps.clock, this.stallNs, () => {
+      this.counts.errors++;
+      return new FrameError(`no frame from ${opts.device} within ${opts.stallTimeoutMs ?? 2000} ms`, 'camera');
+    });
     this.restartMinMs = opts.restartMinMs ?? 250;
     this.restartMaxMs = opts.restartMaxMs ?? 10_000;
     this.backoffMs = this.restartMinMs;
@@ -195,27 +194,12 @@ export class V4l2Source implements FrameSource {
     this.watchdog = undefined;
     this.closeDevice();
     this.pendingJpeg = undefined;
-    for (const w of [...this.waiters]) {
-      w.timer.cancel();
-      w.reject(new FrameError('V4L2 camera stopped', 'camera'));
-    }
-    this.waiters.clear();
+    this.waiters.fail(new FrameError('V4L2 camera stopped', 'camera'));
   }
 
   grab(): Promise<Frame> {
     if (!this.running) return Promise.reject(new FrameError('V4L2 camera is not started', 'camera'));
-    return new Promise<Frame>((resolve, reject) => {
-      const w: Waiter = {
-        resolve,
-        reject,
-        timer: this.deps.clock.at(this.deps.clock.nowNs() + this.stallNs, () => {
-          this.waiters.delete(w);
-          this.counts.errors++;
-          reject(new FrameError(`no frame from ${this.opts.device} within ${this.opts.stallTimeoutMs ?? 2000} ms`, 'camera'));
-        }),
-      };
-      this.waiters.add(w);
-    });
+    return this.waiters.next();
   }
 
   onFrame(cb: (frame: Frame) => void, onError?: (err: FrameError) => void): () => void {
@@ -418,26 +402,12 @@ export class V4l2Source implements FrameSource {
     };
     this.counts.frames++;
     this.meter.tick();
-    if (this.waiters.size) {
-      const ws = [...this.waiters];
-      this.waiters.clear();
-      for (const w of ws) {
-        w.timer.cancel();
-        w.resolve(frame);
-      }
-    }
+    this.waiters.deliver(frame);
     this.subs.frame(frame);
   }
 
   private fail(e: FrameError): void {
-    if (this.waiters.size) {
-      const ws = [...this.waiters];
-      this.waiters.clear();
-      for (const w of ws) {
-        w.timer.cancel();
-        w.reject(e);
-      }
-    }
+    this.waiters.fail(e);
     this.subs.error(e);
   }
 

@@ -30,6 +30,11 @@ export const ConfigSchema = T.Object(
           default: 'synthetic',
           description: 'synthetic: generated film with ground truth; replay: image folder; ffmpeg: any ffmpeg input; v4l2: native capture (needs the addon)',
         }),
+        firstFrameTimeoutMs: Ms(
+          15000,
+          'live cameras (ffmpeg, v4l2): the agent reports ready only after the first frame; none within this long = start fails (systemd restarts it)',
+          100,
+        ),
         synthetic: T.Object(
           {
             width: T.Integer({ minimum: 32, maximum: 4096, default: 320 }),
@@ -48,6 +53,11 @@ export const ConfigSchema = T.Object(
             seed: T.Integer({ default: 1, description: 'shuffle seed' }),
             fps: T.Number({ exclusiveMinimum: 0, maximum: 1000, default: 4, description: 'frame rate in free-run' }),
             colour: T.Union([T.Literal('gray'), T.Literal('rgb')], { default: 'rgb' }),
+            decodeSize: T.Union([T.Literal('model'), T.Literal('full')], {
+              default: 'model',
+              description:
+                "model: decode each image at the smallest size that still covers the model's input (JPEG shrink-on-load; not when the model crops), so frames, boxes and archived rejects are at that size; full: every pixel of the file",
+            }),
           },
           { additionalProperties: false, default: {} },
         ),
@@ -148,7 +158,14 @@ export const ConfigSchema = T.Object(
         speedMmPerS: T.Number({ exclusiveMinimum: 0, default: 400, description: 'conveyor speed' }),
         pulseMs: Ms(80, 'divert pulse width', 1),
         marginMs: Ms(20, 'the verdict must be in this long before the gate time (actuator latency)'),
-        maxInFlight: T.Integer({ minimum: 1, maximum: 10000, default: 32, description: 'parts between camera and gate; more = overload' }),
+        maxInFlight: T.Optional(
+          T.Integer({
+            minimum: 1,
+            maximum: 10000,
+            description:
+              'parts waiting for a verdict; one more is diverted at once (overload) before its frame is grabbed. Default: model.workers + model.queueLimit, what the inference pool can hold',
+          }),
+        ),
       },
       { additionalProperties: false, default: {} },
     ),

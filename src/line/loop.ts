@@ -61,10 +61,13 @@ export class InspectionLoop {
   private stopped = true;
   private readonly travelNs: bigint;
   private readonly marginNs: bigint;
+  private readonly maxInFlight: number;
 
   constructor(private readonly d: LoopDeps) {
     this.travelNs = msToNs(travelMs(d.line));
     this.marginNs = msToNs(d.line.marginMs);
+    // The agent fills in the default (workers + queueLimit); 32 only for a loop built by hand.
+    this.maxInFlight = d.line.maxInFlight ?? 32;
   }
 
   start(): void {
@@ -123,8 +126,8 @@ export class InspectionLoop {
       this.decide(tracked, 'divert', 'paused', 'inspection is paused (cmd/resume to continue)');
       return part;
     }
-    if (this.undecidedCount() > this.d.line.maxInFlight) {
-      this.decide(tracked, 'divert', 'overload', `more than ${this.d.line.maxInFlight} parts waiting for a verdict (line.maxInFlight)`);
+    if (this.undecidedCount() > this.maxInFlight) {
+      this.decide(tracked, 'divert', 'overload', `more than ${this.maxInFlight} parts waiting for a verdict (line.maxInFlight)`);
       return part;
     }
     const deadlineNs = gateNs - this.marginNs;
@@ -148,8 +151,9 @@ export class InspectionLoop {
       this.decide(tracked, 'divert', reason, (err as Error).message);
       return;
     }
-    part.frame = frame;
     part.t.frameNs = frame.timeNs > part.t.triggerNs ? frame.timeNs : clock.nowNs();
+    if (tracked.decided) return; // the deadline came first; the frame is not kept
+    part.frame = frame;
     await journaled; // false = journal failing: reported by the journal, the line goes on
     if (tracked.decided) return; // the deadline came first; nothing more to do
     part.t.inferStartNs = clock.nowNs();
@@ -211,9 +215,11 @@ export class InspectionLoop {
         });
       }
     }
-    // Listeners (MQTT, archive, operator page) get the part with its frame; the pixels stay referenced
-    // until the part leaves the in-flight FIFO at its gate time (see docs/performance.md: a known cost).
+    // Listeners (MQTT, archive, operator page) get the part with its frame and take what they keep
+    // now; then the pixels are let go, so a part waiting for its gate does not hold megabytes of frame
+    // (at 50 parts/s and 1 s of travel that was 50 frames, up to 185 MB, alive for nothing).
     this.d.bus.emit('decided', part);
+    part.frame = undefined;
   }
 
   /** Drop parts that have passed the gate. */

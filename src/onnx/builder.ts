@@ -101,7 +101,8 @@ export class GraphBuilder {
 
   /** Adds an operator with several outputs (e.g. TopK, Split) and returns all output names. */
   nodeMulti(op: string, inputs: string[], attrs: Record<string, AttrValue>, outputs: number): string[] {
-    return this.addNode(op, inputs, attrs, outputs);
+    // A copy: the node keeps its own list, which a caller must not be able to change.
+    return [...this.addNode(op, inputs, attrs, outputs)];
   }
 
   /** Declares an existing value (a node output, usually named with node(..., { name })) a graph output. */

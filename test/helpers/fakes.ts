@@ -46,9 +46,17 @@ export class FakeSource implements FrameSource {
   readonly name = 'fake';
   next: (Frame | Error)[] = [];
   seq = 0;
+  /** While true, grab() waits for release() (a camera slower than the deadline). */
+  hold = false;
+  private held: (() => void)[] = [];
   async start(): Promise<void> {}
   async stop(): Promise<void> {}
+  release(): void {
+    this.hold = false;
+    for (const r of this.held.splice(0)) r();
+  }
   async grab(): Promise<Frame> {
+    if (this.hold) await new Promise<void>((r) => this.held.push(r));
     const n = this.next.shift();
     if (n instanceof Error) throw n;
     return n ?? frame(++this.seq);

@@ -10,6 +10,9 @@ import type { Frame } from '../../src/part.js';
 import { FrameError } from '../../src/camera/types.js';
 import { FfmpegSource, ffmpegArgs } from '../../src/camera/ffmpeg.js';
 import { createFrameSource } from '../../src/camera/index.js';
+import { Agent } from '../../src/agent.js';
+import { parseConfig } from '../../src/config/load.js';
+import { SimGpio } from '../../src/gpio/sim.js';
 
 type Cfg = ConstructorParameters<typeof FfmpegSource>[0];
 const base: Cfg = {
@@ -31,7 +34,8 @@ let fake: string;
 /**
  * A stand-in for ffmpeg: writes frames of the size its -vf/-pix_fmt ask for, split into awkward
  * chunks, then behaves as its plan says for this spawn ('sleep' = hang, 'exit' = die with an error,
- * 'flow' = keep streaming for a while then die, 'stubborn' = hang and ignore SIGTERM).
+ * 'flow' = keep streaming for a while then die, 'stubborn' = hang and ignore SIGTERM, 'mute' = hang
+ * without a frame; -delayMs = wait that long before anything).
  * Frame n of spawn s has byte k = (s * 50 + n * 7 + k) & 255, so the test can check alignment.
  */
 const FAKE = String.raw`
@@ -50,6 +54,9 @@ const frame = (n) => { const b = Buffer.alloc(size); for (let k = 0; k < size; k
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const write = (b) => new Promise((r) => process.stdout.write(b, r));
 (async () => {
+  await sleep(Number(opt('-delayMs') ?? 0)); // a camera that takes its time to deliver
+  if (mode === 'mute') { setInterval(() => {}, 1000); return; } // opened, never a frame
+  fs.appendFileSync(state + '.first', process.hrtime.bigint() + '\n'); // CLOCK_MONOTONIC, as the agent's clock
   // Two frames in awkward pieces: 1 byte, most of a frame, the rest plus the whole next frame.
   const two = Buffer.concat([frame(0), frame(1)]);
   const cuts = [0, 1, size - 3, two.length];
@@ -94,10 +101,10 @@ const alive = (pid: number): boolean => {
 };
 
 let fakeRun = 0;
-function fakeCfg(plan: string, over: Partial<Cfg> = {}, flowMs = 600): { cfg: Cfg; pids: () => Promise<number[]> } {
+function fakeCfg(plan: string, over: Partial<Cfg> = {}, flowMs = 600, delayMs = 0): { cfg: Cfg; pids: () => Promise<number[]> } {
   const state = path.join(dir, `state-${++fakeRun}`);
   return {
-    cfg: { ...base, ffmpegPath: fake, input: 'fake', inputArgs: ['-plan', plan, '-state', state, '-flowMs', String(flowMs)], ...over },
+    cfg: { ...base, ffmpegPath: fake, input: 'fake', inputArgs: ['-plan', plan, '-state', state, '-flowMs', String(flowMs), '-delayMs', String(delayMs)], ...over },
     pids: async () =>
       existsSync(state) ? (await readFile(state, 'utf8')).trim().split('\n').map(Number) : [],
   };
@@ -347,3 +354,44 @@ function async_<T>(probe: () => Promise<T>, ok: (v: T) => boolean): () => boolea
     return last;
   };
 }
+
+/** The whole agent on a (fake) ffmpeg camera, no broker, parts only by command. */
+function agentOn(ffmpeg: Cfg, firstFrameTimeoutMs: number) {
+  const clock = new SystemClock();
+  const gpio = new SimGpio({ clock });
+  const cfg = parseConfig({
+    station: { stateDir: path.join(dir, `agent-${++fakeRun}`) },
+    model: { path: 'models/film-demo' },
+    camera: { source: 'ffmpeg', ffmpeg, firstFrameTimeoutMs },
+    trigger: { mode: 'command' },
+    gpio: { backend: 'sim' },
+    mqtt: { url: '' },
+    http: { enabled: false },
+  });
+  return { agent: new Agent(cfg, { log: memoryLogger(), clock, gpio }), gpio, clock };
+}
+const READY = { chip: 'sim0', line: 2 };
+
+test('agent on a live camera: ready only once frames flow, not when ffmpeg has merely started', async () => {
+  const { cfg } = fakeCfg('flow', { stallTimeoutMs: 2000 }, 5000, 800);
+  const { agent, gpio } = agentOn(cfg, 10_000);
+  await agent.start();
+  try {
+    const rise = gpio.history(READY).find((h) => h.value === 1);
+    assert.ok(rise, 'ready went high');
+    // The fake camera waits 800 ms, notes the time and sends its first frame: ready comes after.
+    const state = cfg.inputArgs[cfg.inputArgs.indexOf('-state') + 1]!;
+    const first = BigInt((await readFile(state + '.first', 'utf8')).trim().split('\n')[0]!);
+    assert.ok(rise.timeNs >= first, `ready rose ${Number(first - rise.timeNs) / 1e6} ms before the camera's first frame`);
+  } finally {
+    await agent.stop();
+  }
+});
+
+test('agent on a live camera that never delivers: start fails naming the camera and the knob; ready never rises', async () => {
+  const { cfg, pids } = fakeCfg('mute', { stallTimeoutMs: 300 });
+  const { agent, gpio } = agentOn(cfg, 1200);
+  await assert.rejects(agent.start(), /camera ffmpeg: no frame within 1200 ms of starting .*camera\.firstFrameTimeoutMs/);
+  assert.ok(!gpio.history(READY).some((h) => h.value === 1), 'ready stayed low');
+  for (const pid of await pids()) await waitFor(`fake ffmpeg ${pid} to be stopped`, () => !alive(pid));
+});

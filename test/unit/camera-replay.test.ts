@@ -263,3 +263,31 @@ test('free-run with loop: keeps going round; unsubscribing or stop() ends the ti
   await new Promise((r) => setTimeout(r, 20));
   assert.equal(clock.pending(), 0);
 });
+
+test('decodeSize model: fitFor() decodes at the smallest size covering the model input, aspect kept', async () => {
+  const dir = path.join(root, 'big');
+  await solid(path.join(dir, 'a.jpg'), 1280, 960, [90, 120, 150]);
+  const src = new ReplaySource({ ...base, dir, decodeSize: 'model' }, deps());
+  await src.start();
+  const full = await src.grab();
+  assert.deepEqual([full.width, full.height], [1280, 960]); // no model told yet: every pixel
+  src.fitFor({ width: 224, height: 224 });
+  const small = await src.grab();
+  assert.deepEqual([small.width, small.height], [299, 224]); // covers 224x224, 4:3 kept
+  assert.equal(small.data.length, 299 * 224 * 3);
+  assert.ok(Math.abs(small.data[0]! - 90) <= 3 && Math.abs(small.data[2]! - 150) <= 3, 'same picture, smaller');
+  src.fitFor({ width: 4000, height: 100 }); // never enlarged
+  const capped = await src.grab();
+  assert.deepEqual([capped.width, capped.height], [1280, 960]);
+  src.fitFor(undefined); // a model that crops needs frame coordinates: full size again
+  assert.equal((await src.grab()).width, 1280);
+  await src.stop();
+});
+
+test('decodeSize full: fitFor() is ignored', async () => {
+  const src = new ReplaySource({ ...base, dir: path.join(root, 'big'), decodeSize: 'full' }, deps());
+  await src.start();
+  src.fitFor({ width: 224, height: 224 });
+  assert.equal((await src.grab()).width, 1280);
+  await src.stop();
+});

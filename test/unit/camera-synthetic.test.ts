@@ -3,13 +3,8 @@ import assert from 'node:assert/strict';
 import { FakeClock } from '../../src/clock.js';
 import type { Frame } from '../../src/part.js';
 import { FrameError } from '../../src/camera/types.js';
-import {
-  FILM_DEFECT_CLASSES,
-  FpsMeter,
-  Pacer,
-  SyntheticSource,
-  renderFilmFrame,
-} from '../../src/camera/synthetic.js';
+import { FILM_DEFECT_CLASSES, SyntheticSource, renderFilmFrame } from '../../src/camera/synthetic.js';
+import { FpsMeter, Pacer } from '../../src/camera/kit.js';
 
 const W = 160;
 const H = 120;

@@ -224,3 +224,30 @@ test('with a native pulse thread, the divert pulse is handed to it at the gate t
   divert.safeState();
   assert.equal(cancelled, 1);
 });
+
+test('the frame is handed to decided listeners, then let go while the part travels to the gate', async () => {
+  const r = rig();
+  let seen: unknown;
+  r.bus.on('decided', (p) => (seen = p.frame));
+  const p = r.loop.onTrigger({ kind: 'gpio', timeNs: r.clock.nowNs() });
+  await flush();
+  assert.ok(p.frame, 'the part holds its frame while it is inspected');
+  r.inspector.answer('reject');
+  await flush();
+  assert.equal(p.action, 'divert');
+  assert.ok(seen, 'listeners (archive, operator page) got the frame');
+  assert.equal(p.frame, undefined, 'no pixels kept until the gate');
+  assert.equal(r.loop.inFlightCount(), 1); // the part itself still travels to the gate
+});
+
+test('a frame that arrives after the deadline diverted the part is not kept', async () => {
+  const r = rig({ travelMs: 100, marginMs: 20 });
+  r.source.hold = true;
+  const p = r.loop.onTrigger({ kind: 'gpio', timeNs: r.clock.nowNs() });
+  r.clock.advance(90);
+  assert.equal(p.reason, 'late');
+  r.source.release();
+  await flush();
+  assert.equal(p.frame, undefined);
+  assert.equal(r.inspector.pending.length, 0, 'no inference for a part already diverted');
+});
