@@ -113,12 +113,19 @@ export class OutputPulser {
     if (!this.closed) this.timer.noteLevel(level);
   }
 
-  /** Pending pulses dropped, the thread stopped; true when a pulse held the output on and it was driven off. */
+  /**
+   * Pending pulses dropped, the thread stopped, and a pulse holding the output on driven off (all
+   * in the native close, in that order); true when it drove the output off.
+   */
   close(): boolean {
     if (this.closed) return false;
     this.closed = true;
-    this.timer.cancelPulses();
     return this.timer.close();
+  }
+
+  /** The level the engine last drove or was told of (also after close). */
+  level(): 0 | 1 {
+    return this.timer.pulseStats().level;
   }
 }
 

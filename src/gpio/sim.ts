@@ -368,8 +368,12 @@ class SimOutput implements GpioOutput {
 
   async close(): Promise<void> {
     if (this.closed) return;
-    // Pulses first: pending ones dropped, the thread stopped; a pulse holding the pin on ends now.
-    if (this.pulser?.close()) this.set(0);
+    // Pulses first: pending ones dropped, the thread stopped, a pulse holding the pin on ended.
+    // Edge reports still on their way to JS are dropped: the pin takes the engine's last level.
+    if (this.pulser) {
+      this.pulser.close();
+      this.set(this.pulser.level());
+    }
     this.closed = true;
     this.sim.release(this.state, this);
   }

@@ -2,9 +2,13 @@
 // simulator here; onoff over a fake sysfs kernel in gpio-sysfs.test.ts; onoff and the
 // character-device binding against the real kernel's gpio-sim inside the qemu guest).
 // The driver plays the outside world: it sets input pins and probes output pins electrically.
+// With { pulses: true } the binding must also drive divert pulses natively (PulseScheduling, the
+// pulse thread on CLOCK_MONOTONIC); with { pulses: false } it must not offer them (JS timers).
 import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, test } from 'node:test';
-import { GpioError, type EdgeEvent, type GpioBinding, type LineSpec } from '../../src/gpio/types.js';
+import { canSchedulePulses, type PulseEdge } from '../../src/gpio/chardev.js';
+import { GpioError, type EdgeEvent, type GpioBinding, type GpioOutput, type LineSpec } from '../../src/gpio/types.js';
 
 export interface GpioDriver {
   /** Chip name the binding accepts (a label). */
@@ -29,10 +33,19 @@ export interface GpioDriver {
   settle(): void | Promise<void>;
 }
 
+export interface ContractOptions {
+  /**
+   * true: the binding schedules pulses natively (its clock must be CLOCK_MONOTONIC: the driver's
+   * nowNs is process.hrtime's); false: it must not offer PulseScheduling; undefined: not checked.
+   */
+  pulses?: boolean;
+}
+
 export function gpioContract<B extends GpioBinding>(
   name: string,
   makeBinding: () => B | Promise<B>,
   driver: (binding: B) => GpioDriver,
+  opts: ContractOptions = {},
 ): void {
   describe(`GPIO contract: ${name}`, () => {
     let current: B | undefined;
@@ -217,6 +230,128 @@ export function gpioContract<B extends GpioBinding>(
         await b.openInput(L0, { edge: 'rising' }); // nothing was left claimed
       });
     });
+
+    if (opts.pulses === false) {
+      test('no native pulse scheduling: the divert scheduler runs on JS timers', async () => {
+        const { b } = await setup();
+        assert.equal(canSchedulePulses(b), false);
+      });
+    }
+
+    if (opts.pulses === true) {
+      describe('native pulses', () => {
+        const MS = 1_000_000n;
+        /** Edges the pulse thread reports; wait(n) until n have come (no wall-clock bound). */
+        const edgesOf = (b: GpioBinding, out: GpioOutput) => {
+          assert.ok(canSchedulePulses(b), 'the binding offers PulseScheduling');
+          const edges: PulseEdge[] = [];
+          b.onPulseEdge(out, (ev) => edges.push(ev));
+          const wait = async (n: number): Promise<void> => {
+            while (edges.length < n) await sleep(5);
+          };
+          return { edges, wait, b };
+        };
+
+        test('a pulse drives the output on at its deadline (never before) and off at its end', async () => {
+          const { b, d, L0 } = await setup();
+          const out = await b.openOutput(L0, { initial: 0 });
+          const { edges, wait, b: p } = edgesOf(b, out);
+          const t = d.nowNs() + 50n * MS;
+          assert.equal(p.schedulePulse(out, t, 80), true);
+          await wait(2);
+          assert.deepEqual(
+            edges.map((e) => [e.level, e.deadlineNs, e.error]),
+            [
+              [1, t, undefined],
+              [0, t + 80n * MS, undefined],
+            ],
+          );
+          for (const e of edges) assert.ok(e.atNs >= e.deadlineNs, `edge ${e.level} at ${e.atNs} before its deadline ${e.deadlineNs}`);
+          assert.equal(await d.level(L0.line), 0);
+          assert.equal(await out.read(), 0);
+          const st = p.pulseStats(out);
+          assert.equal(st.edges, 2);
+          assert.equal(st.pending, 0);
+          assert.equal(st.writeErrors, 0);
+        });
+
+        test('the pin is on while a pulse holds it and read() says so; cancelPulses ends it', async () => {
+          const { b, d, L0 } = await setup();
+          const out = await b.openOutput(L0, { initial: 0 });
+          const { edges, wait, b: p } = edgesOf(b, out);
+          p.schedulePulse(out, d.nowNs(), 60_000);
+          p.schedulePulse(out, d.nowNs() + 30_000n * MS, 10); // pending, dropped by the cancel
+          await wait(1);
+          assert.equal(await d.level(L0.line), 1);
+          assert.equal(await out.read(), 1);
+          p.cancelPulses(out);
+          await wait(2);
+          assert.deepEqual(
+            edges.map((e) => e.level),
+            [1, 0],
+          );
+          assert.equal(await d.level(L0.line), 0);
+          assert.equal(await out.read(), 0);
+          assert.equal(p.pulseStats(out).pending, 0);
+        });
+
+        test('activeLow: the pulse is logical, the pin goes low while it is on', async () => {
+          const { b, d, L0 } = await setup();
+          const out = await b.openOutput({ ...L0, activeLow: true }, { initial: 0 });
+          assert.equal(await d.level(L0.line), 1);
+          const { wait, b: p } = edgesOf(b, out);
+          p.schedulePulse(out, d.nowNs(), 60_000);
+          await wait(1);
+          assert.equal(await d.level(L0.line), 0);
+          assert.equal(await out.read(), 1);
+          p.cancelPulses(out);
+          await wait(2);
+          assert.equal(await d.level(L0.line), 1);
+          assert.equal(await out.read(), 0);
+        });
+
+        test('writes between pulses and pulses agree on the level', async () => {
+          const { b, d, L0 } = await setup();
+          const out = await b.openOutput(L0, { initial: 0 });
+          const { edges, wait, b: p } = edgesOf(b, out);
+          p.schedulePulse(out, d.nowNs(), 20);
+          await wait(2);
+          out.writeSync(1); // JS holds the gate open itself
+          assert.equal(await d.level(L0.line), 1);
+          out.writeSync(0);
+          p.schedulePulse(out, d.nowNs() + 10n * MS, 20);
+          await wait(4);
+          assert.deepEqual(
+            edges.map((e) => e.level),
+            [1, 0, 1, 0],
+          );
+          assert.equal(await d.level(L0.line), 0);
+          assert.equal(await out.read(), 0);
+        });
+
+        test('closing the output mid-pulse leaves it off; a closed output is refused', async () => {
+          const { b, d, L0 } = await setup();
+          const out = await b.openOutput(L0, { initial: 0 });
+          const { wait, b: p } = edgesOf(b, out);
+          p.schedulePulse(out, d.nowNs(), 60_000);
+          await wait(1);
+          assert.equal(await d.level(L0.line), 1);
+          await out.close();
+          assert.equal(await d.level(L0.line), 0, 'the safe state: off');
+          assert.throws(() => p.schedulePulse(out, d.nowNs(), 10), isGpioError(/closed/));
+        });
+
+        test('a pulse already over is refused; bad arguments are GpioErrors', async () => {
+          const { b, d, L0 } = await setup();
+          const out = await b.openOutput(L0, { initial: 0 });
+          const { b: p } = edgesOf(b, out);
+          assert.equal(p.schedulePulse(out, d.nowNs() - 1000n * MS, 10), false);
+          assert.throws(() => p.schedulePulse(out, d.nowNs(), 0), isGpioError(/widthMs must be a number > 0/));
+          assert.throws(() => p.schedulePulse(out, 5 as never, 10), isGpioError(/atNs must be a bigint/));
+          assert.equal(await d.level(L0.line), 0);
+        });
+      });
+    }
 
     describe('lines', () => {
       test('a line open once is busy until closed, whatever the direction', async () => {

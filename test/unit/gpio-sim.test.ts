@@ -1,7 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { FakeClock } from '../../src/clock.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { FakeClock, SystemClock } from '../../src/clock.js';
+import { canSchedulePulses, type PulseEdge } from '../../src/gpio/chardev.js';
 import { SimGpio } from '../../src/gpio/sim.js';
+import { nativeStatus, tryLoadNative } from '../../src/native/addon.js';
 import { GpioError, type EdgeEvent } from '../../src/gpio/types.js';
 import { createGpioBinding } from '../../src/gpio/index.js';
 import { silentLogger } from '../../src/log.js';
@@ -22,6 +25,34 @@ gpioContract(
     wait: (ms) => (sim.clock as FakeClock).advance(ms),
     settle: () => {}, // the simulator delivers edges synchronously
   }),
+  { pulses: false }, // a FakeClock's time is the test's: never the native thread's
+);
+
+const ADDON = tryLoadNative();
+if (process.env.LINESIGHT_NATIVE_REQUIRED === '1') {
+  test('the native addon loads (LINESIGHT_NATIVE_REQUIRED=1): native pulses for sim outputs are tested', () => {
+    assert.ok(ADDON, `native addon required but not loaded: ${nativeStatus().reason}`);
+  });
+}
+
+// On the system clock the simulator's outputs get the native pulse thread (when the addon loads):
+// the demo's and the agent bench's timing engine.
+gpioContract(
+  `SimGpio on the system clock (${ADDON ? 'native pulses' : 'no addon: JS-timer pulses'})`,
+  () => new SimGpio({ clock: new SystemClock(), realtime: false }),
+  (sim) => ({
+    chip: 'sim0',
+    chipAlias: '/dev/gpiochip0',
+    lineCount: 32,
+    lines: [3, 4],
+    debounceMs: 10,
+    nowNs: () => sim.clock.nowNs(),
+    drive: (line, v) => sim.drive({ chip: 'sim0', line }, v),
+    level: (line) => sim.level({ chip: 'sim0', line }),
+    wait: (ms) => sleep(ms),
+    settle: () => {},
+  }),
+  { pulses: ADDON !== undefined },
 );
 
 const ms = 1_000_000n;
@@ -187,6 +218,49 @@ describe('SimGpio', () => {
     await assert.rejects(sim.openOutput(undefined as never, { initial: 0 }), GpioError);
     await assert.rejects(sim.openOutput({ chip: 'sim0', line: '3' as never }, { initial: 0 }), /offset/);
   });
+
+  test('native pulses: never on a FakeClock, never when off, never without the addon', () => {
+    const fake = new SimGpio({ clock: new FakeClock() });
+    assert.equal(canSchedulePulses(fake), false);
+    assert.match(fake.pulseEngine.reason, /not the system clock/);
+    const off = new SimGpio({ clock: new SystemClock(), nativePulses: 'off' });
+    assert.equal(canSchedulePulses(off), false);
+    assert.match(off.pulseEngine.reason, /'off'/);
+    const none = new SimGpio({ clock: new SystemClock(), addon: null });
+    assert.equal(canSchedulePulses(none), false);
+    assert.equal(canSchedulePulses(new SimGpio({ clock: new SystemClock() })), ADDON !== undefined);
+  });
+
+  if (ADDON) {
+    test("native pulses: the pin's history is the thread's edges, timed by the thread", async () => {
+      const sim = new SimGpio({ clock: new SystemClock(), realtime: false });
+      const spec = { chip: 'sim0', line: 1 };
+      const out = await sim.openOutput(spec, { initial: 0 });
+      assert.ok(canSchedulePulses(sim));
+      assert.equal(sim.hasNativePulses(out), true);
+      const edges: PulseEdge[] = [];
+      sim.onPulseEdge(out, (ev) => edges.push(ev));
+      const t = process.hrtime.bigint() + 20n * ms;
+      sim.schedulePulse(out, t, 30);
+      while (edges.length < 2) await sleep(5);
+      const h = sim.history(spec);
+      assert.deepEqual(
+        h.slice(1),
+        edges.map((e) => ({ value: e.level, timeNs: e.atNs })),
+      );
+      assert.ok(h[1]!.timeNs >= t && h[2]!.timeNs >= t + 30n * ms);
+      await sim.close();
+    });
+
+    test('createGpioBinding: gpio.nativePulses reaches the sim binding', async () => {
+      const base = { backend: 'sim' as const, sysfsRoot: '/sys/class/gpio', stackLight: { buzzerAfterRejects: 3 }, realtime: false };
+      const clock = new SystemClock();
+      const on = createGpioBinding({ ...base, nativePulses: 'auto' } as never, { clock, log: silentLogger });
+      const off = createGpioBinding({ ...base, nativePulses: 'off' } as never, { clock, log: silentLogger });
+      assert.equal(canSchedulePulses(on), true);
+      assert.equal(canSchedulePulses(off), false);
+    });
+  }
 
   test('createGpioBinding: sim backend on the given clock', async () => {
     const clock = new FakeClock(42n * ms);

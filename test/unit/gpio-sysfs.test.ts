@@ -1,13 +1,20 @@
 // sysfs line resolution against fixture trees laid out like /sys (made in a temp dir per test),
 // and OnoffGpio over a fake of onoff's Gpio class that behaves like the kernel's sysfs GPIO
-// (raw 'high'/'low' directions, logical edges with active_low, value read at callback time).
+// (raw 'high'/'low' directions, logical edges with active_low, value read at callback time, and
+// each exported line's `value` file in the fixture tree, which the native pulse thread writes).
+//
+// Native pulses: with the addon loaded the contract's pulse section runs against the fixture value
+// files; without it the JS-timer fallback is checked instead, unless LINESIGHT_NATIVE_REQUIRED=1
+// (CI), where a missing addon fails.
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, describe, test } from 'node:test';
+import { canSchedulePulses, type PulseEdge } from '../../src/gpio/chardev.js';
 import { OnoffGpio, type OnoffGpioClass, type OnoffGpioLike } from '../../src/gpio/onoff.js';
-import { findSysfsChip, listSysfsChips, resolveSysfsLine } from '../../src/gpio/sysfs.js';
+import { findSysfsChip, listSysfsChips, resolveSysfsLine, sysfsValuePath } from '../../src/gpio/sysfs.js';
+import { nativeStatus, tryLoadNative } from '../../src/native/addon.js';
 import { createGpioBinding } from '../../src/gpio/index.js';
 import { GpioError } from '../../src/gpio/types.js';
 import { FakeClock } from '../../src/clock.js';
@@ -194,6 +201,17 @@ describe('sysfs resolution', () => {
 
 const errno = (code: string, msg: string): Error => Object.assign(new Error(`${code}: ${msg}`), { code });
 
+/** The first byte of a file ('' when none): /dev/full reads as NULs forever, so never the whole file. */
+function firstByte(path: string): string {
+  const fd = openSync(path, 'r');
+  try {
+    const b = Buffer.alloc(1);
+    return readSync(fd, b, 0, 1, 0) === 1 ? b.toString('latin1') : '';
+  } finally {
+    closeSync(fd);
+  }
+}
+
 class FakeSysfsKernel {
   accessible = true;
   readonly levels = new Map<number, 0 | 1>(); // electrical
@@ -202,18 +220,51 @@ class FakeSysfsKernel {
   readonly claimed = new Set<number>();
   readonly calls: { gpio: number; direction: string; edge?: string; options?: object }[] = [];
 
-  constructor(private readonly chips: { base: number; ngpio: number }[]) {}
+  /** root: the sysfs root where exported lines get gpioN/value (logical, like the kernel's). */
+  constructor(
+    private readonly chips: { base: number; ngpio: number }[],
+    private readonly root?: string,
+  ) {}
 
   valid(n: number): boolean {
     return this.chips.some((c) => n >= c.base && n < c.base + c.ngpio);
   }
+  valuePath(n: number): string | undefined {
+    return this.root === undefined ? undefined : sysfsValuePath(n, { sysfsRoot: this.root });
+  }
+  /** Electrical level. An exported output's is its value file's (whoever wrote it: onoff or the pulse thread). */
   level(n: number): 0 | 1 {
+    const line = this.exported.get(n);
+    const path = this.valuePath(n);
+    if (line?.direction === 'out' && path !== undefined && existsSync(path)) {
+      const v = firstByte(path);
+      if (v === '0' || v === '1') return (Number(v) ^ (line.activeLow ? 1 : 0)) as 0 | 1;
+    }
     return this.levels.get(n) ?? 0;
+  }
+  /** Show the line's logical level in its value file. A test may have replaced it (/dev/full): left as is. */
+  syncFile(n: number): void {
+    const path = this.valuePath(n);
+    const line = this.exported.get(n);
+    if (path === undefined || !line) return;
+    try {
+      mkdirSync(dirname(path), { recursive: true });
+      writeFileSync(path, `${(this.levels.get(n) ?? 0) ^ (line.activeLow ? 1 : 0)}\n`);
+    } catch {
+      // a value file broken on purpose by the test
+    }
+  }
+  unexport(n: number): void {
+    this.levels.set(n, this.level(n)); // the pin keeps its level when the line is unexported
+    this.exported.delete(n);
+    const path = this.valuePath(n);
+    if (path !== undefined) rmSync(dirname(path), { recursive: true, force: true });
   }
   /** The outside world sets an input pin (gpio-sim's pull). */
   drive(n: number, v: 0 | 1): void {
     if (this.level(n) === v) return;
     this.levels.set(n, v);
+    this.syncFile(n);
     const line = this.exported.get(n);
     if (!line || line.direction !== 'in' || line.edge === 'none') return;
     const logical = (v ^ (line.activeLow ? 1 : 0)) as 0 | 1;
@@ -240,6 +291,7 @@ class FakeSysfsKernel {
         else if (direction === 'low' || direction === 'out') kernel.levels.set(gpio, 0);
         this.line.direction = direction === 'in' ? 'in' : 'out';
         this.line.edge = direction === 'in' ? (edge ?? 'none') : 'none';
+        kernel.syncFile(gpio);
       }
       readSync(): 0 | 1 {
         return this.line.value();
@@ -251,6 +303,7 @@ class FakeSysfsKernel {
       writeSync(v: 0 | 1): void {
         if (this.line.direction !== 'out') throw errno('EPERM', 'operation not permitted, write');
         kernel.levels.set(this.line.gpio, (v ^ (this.line.activeLow ? 1 : 0)) as 0 | 1);
+        kernel.syncFile(this.line.gpio);
       }
       async write(v: 0 | 1): Promise<void> {
         this.writeSync(v);
@@ -263,7 +316,7 @@ class FakeSysfsKernel {
       }
       unexport(): void {
         this.line.listeners = [];
-        kernel.exported.delete(this.line.gpio);
+        kernel.unexport(this.line.gpio);
       }
     };
   }
@@ -293,13 +346,21 @@ class FakeLine {
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
 
+const ADDON = tryLoadNative();
+if (process.env.LINESIGHT_NATIVE_REQUIRED === '1') {
+  test('the native addon loads (LINESIGHT_NATIVE_REQUIRED=1): native pulses for sysfs outputs are tested', () => {
+    assert.ok(ADDON, `native addon required but not loaded: ${nativeStatus().reason}`);
+  });
+}
+
 // The contract, run against OnoffGpio: one fake kernel for the suite, like the real gpio-sim.
+// With the addon, outputs' pulses come from the native thread writing the fixture value files.
 {
   const sysfsRoot = makeSys(GPIO_SIM);
-  const kernel = new FakeSysfsKernel(GPIO_SIM);
+  const kernel = new FakeSysfsKernel(GPIO_SIM, sysfsRoot);
   gpioContract(
-    'OnoffGpio over a fake sysfs kernel',
-    () => new OnoffGpio({ sysfsRoot, gpioClass: kernel.Gpio }),
+    `OnoffGpio over a fake sysfs kernel (${ADDON ? 'native pulses' : 'no addon: JS-timer pulses'})`,
+    () => new OnoffGpio({ sysfsRoot, gpioClass: kernel.Gpio, realtime: false }),
     () => ({
       chip: 'gpio-sim.0-node0',
       chipAlias: '/dev/gpiochip0',
@@ -315,13 +376,14 @@ const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
         await turn();
       },
     }),
+    { pulses: ADDON !== undefined },
   );
 }
 
 describe('OnoffGpio', () => {
   const rig = (chips: FxChip[] = PI4) => {
-    const kernel = new FakeSysfsKernel(chips);
     const sysfsRoot = makeSys(chips);
+    const kernel = new FakeSysfsKernel(chips, sysfsRoot);
     const log = memoryLogger();
     const gpio = new OnoffGpio({ sysfsRoot, gpioClass: kernel.Gpio, log });
     return { kernel, sysfsRoot, log, gpio };
@@ -418,5 +480,129 @@ describe('OnoffGpio', () => {
     assert.ok(b instanceof OnoffGpio);
     assert.equal(b.name, 'onoff');
     await b.close();
+  });
+});
+
+// ── native pulses through the sysfs value file ────────────────────────────────────────────────
+
+describe('OnoffGpio divert pulses', () => {
+  const MS = 1_000_000n;
+  const LINE = { chip: 'pinctrl-bcm2711', line: 17 }; // gpio529 on the PI4 fixture
+  const rig = (opts: { valueFiles?: boolean; nativePulses?: 'auto' | 'off' } = {}) => {
+    const sysfsRoot = makeSys(PI4);
+    const kernel = new FakeSysfsKernel(PI4, opts.valueFiles === false ? undefined : sysfsRoot);
+    const log = memoryLogger();
+    const gpio = new OnoffGpio({ sysfsRoot, gpioClass: kernel.Gpio, log, nativePulses: opts.nativePulses, realtime: false });
+    return { kernel, sysfsRoot, log, gpio, value: sysfsValuePath(529, { sysfsRoot }) };
+  };
+  const collect = (gpio: OnoffGpio, out: Parameters<NonNullable<OnoffGpio['onPulseEdge']>>[0]) => {
+    assert.ok(canSchedulePulses(gpio));
+    const edges: PulseEdge[] = [];
+    gpio.onPulseEdge(out, (ev) => edges.push(ev));
+    const wait = async (n: number): Promise<void> => {
+      while (edges.length < n) await sleep(5);
+    };
+    return { edges, wait, p: gpio };
+  };
+
+  test('without the addon (or with nativePulses off) there is no PulseScheduling: JS timers', async () => {
+    for (const g of [
+      new OnoffGpio({ sysfsRoot: makeSys(PI4), gpioClass: new FakeSysfsKernel(PI4).Gpio, addon: null }),
+      new OnoffGpio({ sysfsRoot: makeSys(PI4), gpioClass: new FakeSysfsKernel(PI4).Gpio, nativePulses: 'off' }),
+    ]) {
+      assert.equal(canSchedulePulses(g), false);
+      assert.equal(g.pulseEngine.engine, 'js');
+      assert.match(g.pulseEngine.reason, /no native addon|'off'/);
+      const out = await g.openOutput(LINE, { initial: 0 });
+      assert.equal(g.hasNativePulses(out), false);
+      await g.close();
+    }
+  });
+
+  if (!ADDON) {
+    test('the addon is not loaded here: the default binding falls back to JS timers and says why', () => {
+      const g = new OnoffGpio({ sysfsRoot: makeSys(PI4), gpioClass: new FakeSysfsKernel(PI4).Gpio });
+      assert.equal(canSchedulePulses(g), false);
+      assert.match(g.pulseEngine.reason, /native addon not loaded/);
+    });
+    return;
+  }
+
+  test('the value file gets "1" at the deadline and "0" at the end; the line reads back right', async () => {
+    const { gpio, value, kernel } = rig();
+    const out = await gpio.openOutput(LINE, { initial: 0 });
+    assert.equal(gpio.hasNativePulses(out), true);
+    assert.equal(firstByte(value), '0');
+    const { edges, wait, p } = collect(gpio, out);
+    const t = process.hrtime.bigint() + 30n * MS;
+    p.schedulePulse(out, t, 60_000);
+    await wait(1);
+    assert.ok(edges[0]!.atNs >= t, 'not before the deadline');
+    assert.equal(firstByte(value), '1');
+    assert.equal(kernel.level(529), 1);
+    assert.equal(await out.read(), 1);
+    p.cancelPulses(out);
+    await wait(2);
+    assert.equal(firstByte(value), '0');
+    assert.equal(await out.read(), 0);
+    assert.deepEqual(
+      edges.map((e) => [e.level, e.error]),
+      [
+        [1, undefined],
+        [0, undefined],
+      ],
+    );
+    await gpio.close();
+  });
+
+  test('a write the kernel refuses is reported as that edge\'s error', async () => {
+    const { gpio, value } = rig();
+    // The line's value file refuses every write (ENOSPC), as a line on a failed expander would (EIO).
+    mkdirSync(dirname(value), { recursive: true });
+    symlinkSync('/dev/full', value);
+    const out = await gpio.openOutput(LINE, { initial: 0 });
+    assert.equal(gpio.hasNativePulses(out), true);
+    const { edges, wait, p } = collect(gpio, out);
+    p.schedulePulse(out, process.hrtime.bigint(), 50);
+    await wait(1);
+    assert.equal(edges[0]!.level, 1);
+    assert.match(edges[0]!.error ?? '', /ENOSPC/);
+    assert.ok(p.pulseStats(out).writeErrors >= 1);
+    await gpio.close();
+  });
+
+  test('an output whose value file cannot be opened works, warns, and has no native pulses', async () => {
+    const { gpio, log } = rig({ valueFiles: false });
+    assert.equal(canSchedulePulses(gpio), true);
+    const out = await gpio.openOutput(LINE, { initial: 1 });
+    assert.equal(gpio.hasNativePulses(out), false);
+    assert.ok(log.records.some((r) => r.level === 'warn' && /native pulses unavailable/.test(String(r.msg))));
+    assert.throws(() => gpio.schedulePulse!(out, process.hrtime.bigint(), 10), (e: unknown) => e instanceof GpioError && /no native pulse engine/.test(e.message));
+    await out.write(0);
+    assert.equal(await out.read(), 0);
+    await gpio.close();
+  });
+
+  test('close drops pending pulses before the line is unexported: nothing is driven after', async () => {
+    const { gpio, kernel } = rig();
+    const out = await gpio.openOutput(LINE, { initial: 0 });
+    const { edges, p } = collect(gpio, out);
+    p.schedulePulse(out, process.hrtime.bigint() + 30n * MS, 10);
+    await gpio.close();
+    await sleep(80);
+    assert.deepEqual(edges, []);
+    assert.equal(kernel.exported.size, 0);
+    assert.equal(kernel.level(529), 0);
+    assert.throws(() => p.schedulePulse(out, process.hrtime.bigint(), 10), (e: unknown) => e instanceof GpioError && /not opened by this onoff binding/.test(e.message));
+  });
+
+  test("createGpioBinding passes gpio.nativePulses through", async () => {
+    const base = { backend: 'onoff' as const, sysfsRoot: '/sys/class/gpio', stackLight: { buzzerAfterRejects: 3 }, realtime: false };
+    const on = createGpioBinding({ ...base, nativePulses: 'auto' } as never, { clock: new FakeClock(), log: silentLogger }) as OnoffGpio;
+    const off = createGpioBinding({ ...base, nativePulses: 'off' } as never, { clock: new FakeClock(), log: silentLogger }) as OnoffGpio;
+    assert.equal(canSchedulePulses(on), true);
+    assert.equal(canSchedulePulses(off), false);
+    await on.close();
+    await off.close();
   });
 });
