@@ -42,6 +42,62 @@ export interface LoopDeps {
    * dies is reported after the restart (fail-safe 'crash'). Resolves false when it could not.
    */
   journal?: { triggered(part: Part): Promise<boolean> };
+  /** Per-part late/overload alarms: the first at once, then one summary per window (default 10 s). */
+  alarmWindowMs?: number;
+}
+
+/**
+ * One alarm kind that can fire for every part (late, overload): above capacity that would be hundreds
+ * of alarms a second on MQTT and in the journal, exactly when the line is in trouble. The first goes
+ * out at once; the rest of the window are counted and summed up in one alarm when it ends.
+ */
+class AlarmStorm {
+  private timer: Timer | undefined;
+  private suppressed = 0;
+  private first = '';
+  private last = '';
+  private lastDetail = '';
+
+  constructor(
+    private readonly kind: 'late' | 'overload',
+    private readonly clock: Clock,
+    private readonly bus: Bus,
+    private readonly windowMs: number,
+  ) {}
+
+  raise(partId: string, detail: string): void {
+    if (!this.timer) {
+      this.bus.emit('alarm', { kind: this.kind, severity: 'warning', message: detail, partId });
+      this.timer = this.clock.at(this.clock.nowNs() + msToNs(this.windowMs), () => this.windowEnd());
+      return;
+    }
+    if (this.suppressed++ === 0) this.first = partId;
+    this.last = partId;
+    this.lastDetail = detail;
+  }
+
+  /** Say what was held back (on stop too, so nothing counted goes unreported). */
+  flush(): void {
+    this.timer?.cancel();
+    this.timer = undefined;
+    if (this.suppressed === 0) return;
+    const n = this.suppressed;
+    this.suppressed = 0;
+    this.bus.emit('alarm', {
+      kind: this.kind,
+      severity: 'warning',
+      message: `${n} more part(s) diverted fail-safe (${this.kind}) within ${this.windowMs / 1000} s, ${this.first} … ${this.last}; the latest: ${this.lastDetail}`,
+      partId: this.last,
+    });
+  }
+
+  private windowEnd(): void {
+    this.timer = undefined;
+    const busy = this.suppressed > 0;
+    this.flush();
+    // Still storming: keep summing up; a quiet window lets the next one through at once.
+    if (busy) this.timer = this.clock.at(this.clock.nowNs() + msToNs(this.windowMs), () => this.windowEnd());
+  }
 }
 
 /** Time from trigger to the gate, from config. */
@@ -63,7 +119,14 @@ export class InspectionLoop {
   private readonly marginNs: bigint;
   private readonly maxInFlight: number;
 
+  private readonly storms: Record<'late' | 'overload', AlarmStorm>;
+
   constructor(private readonly d: LoopDeps) {
+    const windowMs = d.alarmWindowMs ?? 10_000;
+    this.storms = {
+      late: new AlarmStorm('late', d.clock, d.bus, windowMs),
+      overload: new AlarmStorm('overload', d.clock, d.bus, windowMs),
+    };
     this.travelNs = msToNs(travelMs(d.line));
     this.marginNs = msToNs(d.line.marginMs);
     // The agent fills in the default (workers + queueLimit); 32 only for a loop built by hand.
@@ -199,9 +262,13 @@ export class InspectionLoop {
       part.failSafe = true;
       part.reason = reason;
       part.detail = detail;
-      this.d.log.warn('part diverted fail-safe', { partId: part.id, reason, detail });
       if (reason === 'late' || reason === 'overload') {
-        this.d.bus.emit('alarm', { kind: reason, severity: 'warning', message: detail ?? reason, partId: part.id });
+        // Can come for every part while the line runs above capacity: coalesced (each part is still
+        // reported by its own inspection message, with its reason).
+        this.d.log.debug('part diverted fail-safe', { partId: part.id, reason, detail });
+        this.storms[reason].raise(part.id, detail ?? reason);
+      } else {
+        this.d.log.warn('part diverted fail-safe', { partId: part.id, reason, detail });
       }
     }
     if (action === 'divert') {
@@ -235,6 +302,7 @@ export class InspectionLoop {
     this.stopped = true;
     for (const t of this.inFlight) this.decide(t, 'divert', 'stopping', 'the agent stopped with the part in flight');
     this.inFlight = [];
+    for (const s of Object.values(this.storms)) s.flush();
   }
 
   /** Wait (bounded) until every part in flight has a decision. */

@@ -251,3 +251,29 @@ test('a frame that arrives after the deadline diverted the part is not kept', as
   assert.equal(p.frame, undefined);
   assert.equal(r.inspector.pending.length, 0, 'no inference for a part already diverted');
 });
+
+test('an overload storm gives one alarm at once and one summary per 10 s window, each part still decided', async () => {
+  const r = rig({ maxInFlight: 1 });
+  const first = r.loop.onTrigger({ kind: 'gpio', timeNs: r.clock.nowNs() }); // takes the one slot
+  const shed = Array.from({ length: 50 }, () => r.loop.onTrigger({ kind: 'gpio', timeNs: r.clock.nowNs() }));
+  assert.ok(shed.every((p) => p.action === 'divert' && p.reason === 'overload'), 'every part diverted');
+  let overload = r.alarms.filter((a) => a.kind === 'overload');
+  assert.equal(overload.length, 1, 'one alarm, not fifty');
+  assert.equal(overload[0]!.partId, shed[0]!.id);
+  r.clock.advance(10_000);
+  overload = r.alarms.filter((a) => a.kind === 'overload');
+  assert.equal(overload.length, 2);
+  assert.match(overload[1]!.message, new RegExp(`^49 more part\\(s\\) diverted fail-safe \\(overload\\) within 10 s, ${shed[1]!.id} … ${shed[49]!.id}`));
+  r.clock.advance(10_000); // a quiet window: nothing to sum up; the next storm alarms at once again
+  assert.equal(r.alarms.filter((a) => a.kind === 'overload').length, 2);
+  assert.equal(first.reason, 'late'); // its deadline passed meanwhile: the slot is free
+  const holder = r.loop.onTrigger({ kind: 'gpio', timeNs: r.clock.nowNs() });
+  const again = r.loop.onTrigger({ kind: 'gpio', timeNs: r.clock.nowNs() });
+  assert.equal(again.reason, 'overload');
+  assert.equal(r.alarms.filter((a) => a.kind === 'overload').length, 3);
+  r.loop.onTrigger({ kind: 'gpio', timeNs: r.clock.nowNs() }); // held back ...
+  r.loop.stop(); // ... and reported on stop rather than lost
+  const last = r.alarms.filter((a) => a.kind === 'overload').at(-1)!;
+  assert.match(last.message, /^1 more part\(s\)/);
+  assert.equal(holder.reason, 'stopping');
+});
