@@ -7,10 +7,16 @@
 //   node --import tsx bench/pulse-timing.ts [--pulses 600] [--no-idle] [--json]
 //        [--chip <label|/dev/gpiochipN> --line <offset>]   (drive real output lines <offset> and
 //        <offset>+1, e.g. on gpio-sim in the HIL guest)
+//        [--value <path>]   (the sysfs row writes this file, e.g. /sys/class/gpio/gpio529/value of
+//        an exported output; default: a file in a temp dir, on tmpfs when /dev/shm exists)
 //
-// Lateness = when the edge was driven (native: after the ioctl; JS: when the callback ran) minus
-// its deadline, both on CLOCK_MONOTONIC. Without --chip the native engine drives no line (PulseTimer).
-import { availableParallelism } from 'node:os';
+// Lateness = when the edge was driven (native: after the ioctl or the pwrite; JS: when the
+// callback ran) minus its deadline, both on CLOCK_MONOTONIC. Without --chip the native engine
+// drives no line (PulseTimer). The sysfs row is the engine of the onoff binding's outputs: a
+// PulseTimer writing "1"/"0" to a sysfs `value` file from the pulse thread (SCHED_FIFO when allowed).
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { PerformanceObserver } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
@@ -26,6 +32,7 @@ const { values: args } = parseArgs({
     json: { type: 'boolean', default: false },
     chip: { type: 'string' },
     line: { type: 'string', default: '0' },
+    value: { type: 'string' },
   },
 });
 const PULSES = Number(args.pulses);
@@ -117,6 +124,8 @@ function startLoad(): Load {
 interface Run {
   nativeFifo: Summary;
   nativeCfs: Summary;
+  nativeSysfs: Summary;
+  sysfsWhat: string;
   js: Summary;
   what: string;
   fifoApplied: boolean;
@@ -130,16 +139,49 @@ async function nativeTarget(realtime: boolean, lineOffset: number): Promise<{ ta
     return { target: line, close: () => gpio.close(), what: `lines ${args.chip}:${args.line}+` };
   }
   const t = new (loadNative().gpio.PulseTimer)({ realtime });
-  return { target: t, close: async () => t.close(), what: 'PulseTimer (no line)' };
+  return {
+    target: t,
+    close: async () => {
+      t.close();
+    },
+    what: 'PulseTimer (no line)',
+  };
+}
+
+/** The onoff binding's engine: a PulseTimer driving a sysfs value file (or a stand-in file). */
+function sysfsTarget(): { target: NativePulseTarget; close: () => Promise<void>; what: string } {
+  let path = args.value;
+  let dir: string | undefined;
+  if (!path) {
+    // In memory (tmpfs) when there is one, as sysfs is: an ext4 file adds the journal's mtime updates.
+    dir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'linesight-pulse-'));
+    path = join(dir, 'value');
+    writeFileSync(path, '0\n');
+  }
+  const t = new (loadNative().gpio.PulseTimer)({ realtime: true, path });
+  return {
+    target: t,
+    close: async () => {
+      t.close();
+      if (dir) rmSync(dir, { recursive: true, force: true });
+    },
+    what: args.value ? path : `a file in a temp dir (${path})`,
+  };
 }
 
 /** One pass: the same deadlines go to a SCHED_FIFO pulse thread, a normal one, and SystemClock.at. */
 async function measure(): Promise<Run> {
   const fifo = await nativeTarget(true, Number(args.line));
   const cfs = await nativeTarget(false, Number(args.line) + 1);
-  const late = { fifo: [] as bigint[], cfs: [] as bigint[], js: [] as bigint[] };
+  const sysfs = sysfsTarget();
+  const late = { fifo: [] as bigint[], cfs: [] as bigint[], sysfs: [] as bigint[], js: [] as bigint[] };
+  let sysfsErrors = 0;
   fifo.target.onPulseEdge((level, atNs, deadlineNs) => level === 1 && late.fifo.push(atNs - deadlineNs));
   cfs.target.onPulseEdge((level, atNs, deadlineNs) => level === 1 && late.cfs.push(atNs - deadlineNs));
+  sysfs.target.onPulseEdge((level, atNs, deadlineNs, errno) => {
+    if (errno) sysfsErrors++;
+    else if (level === 1) late.sysfs.push(atNs - deadlineNs);
+  });
   const clock = new SystemClock();
   let pending = 0;
   for (let i = 0; i < PULSES; i++) {
@@ -149,6 +191,7 @@ async function measure(): Promise<Run> {
     const at = now() + BigInt(40 + ((i * 7) % 10)) * MS;
     fifo.target.schedulePulse(at, 5n * MS);
     cfs.target.schedulePulse(at, 5n * MS);
+    sysfs.target.schedulePulse(at, 5n * MS);
     pending++;
     clock.at(at, () => {
       late.js.push(now() - at);
@@ -158,14 +201,19 @@ async function measure(): Promise<Run> {
   }
   const done = (t: NativePulseTarget, l: bigint[]) => l.length + t.pulseStats().missed >= PULSES;
   const give = now() + 10_000n * MS;
-  while ((pending > 0 || !done(fifo.target, late.fifo) || !done(cfs.target, late.cfs)) && now() < give) await sleep(20);
+  while ((pending > 0 || !done(fifo.target, late.fifo) || !done(cfs.target, late.cfs) || !done(sysfs.target, late.sysfs)) && now() < give) await sleep(20);
   const fifoStats = fifo.target.pulseStats();
   const cfsStats = cfs.target.pulseStats();
+  const sysfsStats = sysfs.target.pulseStats();
   await fifo.close();
   await cfs.close();
+  await sysfs.close();
+  if (sysfsErrors) console.error(`sysfs value file: ${sysfsErrors} failed writes`);
   return {
     nativeFifo: summarise(late.fifo, fifoStats.missed),
     nativeCfs: summarise(late.cfs, cfsStats.missed),
+    nativeSysfs: summarise(late.sysfs, sysfsStats.missed),
+    sysfsWhat: sysfs.what,
     js: summarise(late.js),
     what: fifo.what,
     fifoApplied: fifoStats.realtime,
@@ -174,8 +222,9 @@ async function measure(): Promise<Run> {
 
 async function main(): Promise<void> {
   const results: Record<string, unknown> = { pulses: PULSES, cores: availableParallelism(), node: process.version };
-  // Three schedulers, the same deadlines: a pulse thread with SCHED_FIFO (ChardevGpio's default,
-  // when the process may), one at normal priority, and the JS clock.
+  // Four schedulers, the same deadlines: a pulse thread with SCHED_FIFO (ChardevGpio's default,
+  // when the process may), one at normal priority, one with SCHED_FIFO writing a sysfs value file
+  // (OnoffGpio's outputs), and the JS clock.
   if (!args['no-idle']) {
     const idle = await measure();
     results.idle = idle;
@@ -200,10 +249,12 @@ async function main(): Promise<void> {
     console.log(`${k === 'idle' ? 'idle' : `under load (${availableParallelism()} busy workers + main-thread GC/sync work)`}: native = ${r.what}`);
     console.log(row(`native thread, SCHED_FIFO${r.fifoApplied ? '' : ' (refused: CFS)'}`, r.nativeFifo));
     console.log(row('native thread, normal priority', r.nativeCfs));
+    console.log(row(`native, sysfs value file${r.fifoApplied ? '' : ' (CFS)'}`, r.nativeSysfs));
     console.log(row('JS SystemClock.at (setTimeout)', r.js));
   }
   const l = results.load as { gcPauses: number; gcMaxMs: number };
   console.log(`  main-thread GC during the loaded run: ${l.gcPauses} pauses, longest ${l.gcMaxMs} ms`);
+  console.log(`  sysfs row: PulseTimer({ path }) pwrite()s "1"/"0" to ${(results.load as Run).sysfsWhat}, SCHED_FIFO when allowed (the onoff binding's outputs)`);
 }
 
 await main();
