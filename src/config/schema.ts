@@ -212,6 +212,16 @@ export const ConfigSchema = T.Object(
         cert: T.Optional(T.String({ description: 'client certificate file (TLS)' })),
         key: T.Optional(T.String({ description: 'client key file (TLS)' })),
         embeddedPort: T.Integer({ minimum: 0, maximum: 65535, default: 1883, description: 'demo: port of the embedded broker (next free if taken)' }),
+        outbox: T.Optional(
+          T.Object(
+            {
+              maxBytes: T.Integer({ minimum: 1024 * 1024, default: 256 * 1024 * 1024, description: 'bytes of results not yet acknowledged by the broker kept at most; beyond it the oldest are dropped (counted, logged, outbox_drop alarm)' }),
+              maxAgeMs: T.Integer({ minimum: 60_000, default: 7 * 24 * 3600 * 1000, description: 'results older than this are dropped (counted, logged, outbox_drop alarm)' }),
+              highWater: T.Number({ minimum: 0.05, maximum: 1, default: 0.8, description: 'fraction of maxBytes at which the outbox_high_water alarm is raised' }),
+            },
+            { additionalProperties: false, default: {}, description: 'durable outbox in <stateDir>/outbox/: bounds (results wait here while the broker is away)' },
+          ),
+        ),
       },
       { additionalProperties: false, default: {} },
     ),

@@ -42,7 +42,7 @@ export interface MqttPublisherOptions {
   onCommand?: (cmd: string, payload: unknown) => Promise<unknown>;
   /** Used in the status until publishStatus() is called (the Last Will needs it at connect). */
   identity?: { agentVersion?: string; bootId?: number | string };
-  /** Outbox bounds (defaults: 64 MiB, 7 days, high water at 80 %). */
+  /** Outbox bounds; override cfg.outbox (config mqtt.outbox; defaults 256 MiB, 7 days, high water at 80 %). */
   outbox?: Pick<OutboxOptions, 'maxBytes' | 'maxAgeMs' | 'highWater' | 'segmentBytes'>;
   /** Command payload schemas, added to / replacing the built-in trigger, pause, resume, status. */
   commands?: CommandTable;
@@ -155,6 +155,7 @@ export class MqttPublisher {
     const options = this.clientOptions();
 
     this.outbox = await Outbox.open(join(stateDir, 'outbox'), {
+      ...cfg.outbox,
       ...this.opts.outbox,
       clock: this.opts.clock,
       log: this.log,
@@ -181,7 +182,7 @@ export class MqttPublisher {
       prefix: this.prefix,
       tls: Boolean(cfg.ca || cfg.cert || cfg.key) || /^(mqtts|ssl|wss):/.test(cfg.url),
       username: cfg.username,
-      outbox: { records: ob.records, bytes: ob.bytes },
+      outbox: { records: ob.records, bytes: ob.bytes, maxBytes: ob.maxBytes },
     });
     let client: MqttClient;
     try {

@@ -17,8 +17,11 @@ import { join } from 'node:path';
 import type { Clock } from '../clock.js';
 import { silentLogger, type Logger } from '../log.js';
 
+/** The bounds when none are given (the config's mqtt.outbox defaults are the same). */
+export const OUTBOX_DEFAULTS = { maxBytes: 256 * 1024 * 1024, maxAgeMs: 7 * 24 * 3600 * 1000, highWater: 0.8 } as const;
+
 export interface OutboxOptions {
-  /** Bytes of unacked records kept at most (default 64 MiB); beyond it the oldest are dropped. */
+  /** Bytes of unacked records kept at most (default 256 MiB); beyond it the oldest are dropped. */
   maxBytes?: number;
   /** Records older than this (wall clock) are dropped (default 7 days). */
   maxAgeMs?: number;
@@ -170,9 +173,9 @@ export class Outbox {
     readonly dir: string,
     private readonly opts: OutboxOptions,
   ) {
-    this.maxBytes = opts.maxBytes ?? 64 * 1024 * 1024;
-    this.maxAgeMs = opts.maxAgeMs ?? 7 * 24 * 3600 * 1000;
-    this.highWaterBytes = this.maxBytes * (opts.highWater ?? 0.8);
+    this.maxBytes = opts.maxBytes ?? OUTBOX_DEFAULTS.maxBytes;
+    this.maxAgeMs = opts.maxAgeMs ?? OUTBOX_DEFAULTS.maxAgeMs;
+    this.highWaterBytes = this.maxBytes * (opts.highWater ?? OUTBOX_DEFAULTS.highWater);
     this.segmentBytes = opts.segmentBytes ?? 4 * 1024 * 1024;
     this.clock = opts.clock ?? { wallMs: () => Date.now() };
     this.log = opts.log ?? silentLogger;

@@ -3,7 +3,12 @@ import assert from 'node:assert/strict';
 import { appendFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Outbox, OutboxFullError, crc32, type OutboxLevel, type OutboxLoss } from '../../src/publish/outbox.js';
+import { Outbox, OutboxFullError, OUTBOX_DEFAULTS, crc32, type OutboxLevel, type OutboxLoss } from '../../src/publish/outbox.js';
+import { SystemClock } from '../../src/clock.js';
+import { parseConfig } from '../../src/config/load.js';
+import { memoryLogger } from '../../src/log.js';
+import { MqttPublisher } from '../../src/publish/mqtt.js';
+import { freePort } from '../helpers/broker.js';
 
 const tmp = (): string => mkdtempSync(join(tmpdir(), 'linesight-outbox-'));
 const segments = (dir: string): string[] => readdirSync(dir).filter((f) => f.endsWith('.seg')).sort();
@@ -279,6 +284,86 @@ test('reject() drops a record the broker refused, reported as a loss', async () 
     assert.equal(losses[0]!.detail, 'not authorized');
     await ob.close();
     await assert.rejects(ob.put('t', {}), /closed/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('the bounds are config settings (mqtt.outbox) with SD-card defaults: 256 MiB, 7 days, alarm at 80 %', async () => {
+  const cfg = parseConfig({}, { env: {} });
+  assert.deepEqual(cfg.mqtt.outbox, { maxBytes: 256 * 1024 * 1024, maxAgeMs: 7 * 24 * 3600 * 1000, highWater: 0.8 });
+  assert.deepEqual(cfg.mqtt.outbox, { ...OUTBOX_DEFAULTS }, 'the Outbox class defaults are the config defaults');
+  const env = parseConfig({ mqtt: { outbox: { maxBytes: 2 * 1024 * 1024 } } }, { env: { LINESIGHT_MQTT__OUTBOX__MAXAGEMS: '3600000' } });
+  assert.deepEqual(env.mqtt.outbox, { maxBytes: 2 * 1024 * 1024, maxAgeMs: 3_600_000, highWater: 0.8 });
+  // A bound that would make the outbox useless is refused with the setting named.
+  assert.throws(() => parseConfig({ mqtt: { outbox: { maxBytes: 1000 } } }, { env: {} }), /mqtt\.outbox\.maxBytes/);
+  assert.throws(() => parseConfig({ mqtt: { outbox: { maxAgeMs: 0 } } }, { env: {} }), /mqtt\.outbox\.maxAgeMs/);
+  assert.throws(() => parseConfig({ mqtt: { outbox: { highWater: 1.5 } } }, { env: {} }), /mqtt\.outbox\.highWater/);
+  assert.throws(() => parseConfig({ mqtt: { outbox: { maxByte: 1 } } }, { env: {} }), /mqtt\.outbox\.maxByte: unknown setting/);
+  const dir = tmp();
+  try {
+    const ob = await Outbox.open(dir);
+    assert.equal(ob.stats().maxBytes, OUTBOX_DEFAULTS.maxBytes);
+    await ob.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('the publisher takes its outbox bounds from the config: high-water alarm, oldest dropped, counted and logged while the broker is away', async () => {
+  const dir = tmp();
+  const port = await freePort(); // nothing listens there: the broker is down for the whole test
+  const mqttCfg = parseConfig({ mqtt: { url: `mqtt://127.0.0.1:${port}`, outbox: { maxBytes: 1024 * 1024, highWater: 0.5 } } }, { env: {} }).mqtt;
+  const log = memoryLogger();
+  const pub = new MqttPublisher({
+    cfg: mqttCfg,
+    station: { line: 'unit', id: 'bounds' },
+    stateDir: dir,
+    clock: new SystemClock(),
+    log,
+    reconnectPeriodMs: 60_000,
+    connectTimeoutMs: 500,
+    stopTimeoutMs: 100,
+    lossAlarmIntervalMs: 50,
+  });
+  try {
+    await pub.start();
+    const pad = 'x'.repeat(40 * 1024);
+    const N = 32; // ~1.3 MiB of alarms into a 1 MiB outbox: 7 dropped, and the high-water alarm (13th) is kept
+    for (let i = 0; i < N; i++) {
+      const r = await pub.publishAlarm({ id: `a${String(i).padStart(2, '0')}`, kind: 'test', severity: 'info', message: `filler ${i} ${pad}` });
+      assert.equal(r.durable, true);
+    }
+    await tick();
+    const s = pub.stats().outbox;
+    assert.equal(s.maxBytes, 1024 * 1024, 'mqtt.outbox.maxBytes reached the outbox');
+    assert.ok(s.bytes <= s.maxBytes);
+    assert.ok(s.dropped > 0, `some dropped (${s.dropped})`);
+    assert.equal(s.healthy, false, 'above the high-water mark');
+    const warn = log.records.filter((r) => r.msg === 'outbox: above high-water mark');
+    assert.equal(warn.length, 1, 'the crossing is logged once');
+    assert.ok((warn[0]!.bytes as number) >= 512 * 1024, 'at 50 % (mqtt.outbox.highWater), not the default 80 %');
+    const drops = log.records.filter((r) => r.msg === 'outbox: records dropped');
+    assert.ok(drops.length > 0 && drops.every((r) => r.level === 'error' && r.reason === 'bytes'));
+    assert.equal(drops.reduce((n, r) => n + (r.count as number), 0), s.dropped, 'every drop is logged');
+    assert.deepEqual(drops[0]!.ids, ['a00'], 'the oldest goes first');
+  } finally {
+    await pub.stop();
+  }
+  try {
+    // The alarms wait in the outbox for the broker: a high-water alarm, and a loss alarm whose
+    // totalDropped covers every drop (the loss alarm never evicts a result to make room).
+    const ob = await Outbox.open(join(dir, 'outbox'));
+    const alarms = [...ob.pending()].map((r) => r.payload as { kind: string; data?: { totalDropped?: number } });
+    assert.ok(alarms.some((a) => a.kind === 'outbox_high_water'), 'outbox_high_water alarm persisted');
+    const total = pub.stats().outbox.dropped;
+    const loss = alarms.filter((a) => a.kind === 'outbox_drop');
+    assert.ok(loss.length > 0, 'outbox_drop alarm persisted');
+    assert.equal(loss.at(-1)!.data!.totalDropped, total);
+    // Oldest first: what is left is a contiguous run of the newest results.
+    const left = alarms.filter((a) => a.kind === 'test').map((a) => (a as unknown as { id: string }).id);
+    assert.deepEqual(left, Array.from({ length: left.length }, (_, i) => `a${String(32 - left.length + i).padStart(2, '0')}`));
+    await ob.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
