@@ -124,6 +124,8 @@ export class MqttPublisher {
   private loss: { count: number; bytes: number; reasons: Set<string>; ids: string[]; total: number } | undefined;
   private lossTimer: NodeJS.Timeout | undefined;
   private lastErrorLogged = '';
+  /** An error was reported for the current connection attempt. */
+  private attemptErrored = false;
   private readonly counters = { connects: 0, disconnects: 0, published: 0, replayed: 0, notDurable: 0, commands: 0, commandErrors: 0 };
   private lastError: string | undefined;
 
@@ -200,6 +202,7 @@ export class MqttPublisher {
     client.on('message', (topic, payload, packet) => void this.onMessage(topic, payload, packet));
     // The will is sent in CONNECT: refresh it before each attempt with the latest status.
     client.on('reconnect', () => {
+      this.attemptErrored = false;
       client.options.will = this.will();
     });
   }
@@ -289,11 +292,21 @@ export class MqttPublisher {
     this.inflight.clear();
     this.cursor = 0;
     this.notify();
+    // A broker that refuses a client certificate may just close the connection (no TLS alert,
+    // no CONNACK, no error): say so, or the agent would retry forever without a word.
+    // (Checked a turn later: an error event may come right after the close.)
+    if (!was && !this.stopping) {
+      setImmediate(() => {
+        if (this.attemptErrored || this.connected || this.stopping) return;
+        this.onError(Object.assign(new Error('the connection closed before the broker accepted it (no CONNACK)'), { code: 'ECLOSEDBEFORECONNACK' }));
+      });
+    }
   }
 
   private onError(e: Error & { code?: unknown }): void {
     const msg = e.message;
     this.lastError = msg;
+    this.attemptErrored = true;
     const code = typeof e.code === 'number' ? e.code : undefined;
     let hint = '';
     if (code === 1 || code === 132) {
@@ -304,6 +317,12 @@ export class MqttPublisher {
       hint = 'the broker rejects the client id: set mqtt.clientId';
     } else if (e.code === 'ECONNREFUSED' || e.code === 'ENOTFOUND' || e.code === 'EHOSTUNREACH') {
       hint = 'broker not reachable: results are kept in the outbox until it is';
+    } else if (e.code === 'ECLOSEDBEFORECONNACK') {
+      hint = /^(mqtts|ssl|tls|wss):/i.test(this.opts.cfg.url)
+        ? 'a TLS broker that refuses the client certificate closes the connection like this: check mqtt.cert / mqtt.key and the broker log; else check that mqtt.url names the MQTT port'
+        : 'check that mqtt.url names the MQTT port, and the broker log (it may limit connections or refuse this client)';
+    } else if (typeof e.code === 'string') {
+      hint = tlsHint(e.code);
     }
     // Every reconnect repeats the same error: log it once until the next successful connect.
     if (msg !== this.lastErrorLogged) {
@@ -673,6 +692,28 @@ export class MqttPublisher {
       ...(this.lastError !== undefined ? { lastError: this.lastError } : {}),
     };
   }
+}
+
+const UNTRUSTED = new Set([
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'CERT_UNTRUSTED',
+  'CERT_SIGNATURE_FAILURE',
+]);
+
+/** What to do about a TLS error code (node's, or OpenSSL's as ERR_SSL_*), or '' when it is not one. */
+function tlsHint(code: string): string {
+  if (UNTRUSTED.has(code)) return "the broker's certificate is not trusted: mqtt.ca must be the CA certificate (PEM) that signed it";
+  if (code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID') return "the broker's certificate is expired or not yet valid: renew it, or check the device clock";
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return "the broker's certificate is not issued for the host in mqtt.url: use a name from its subjectAltName";
+  if (code === 'ERR_SSL_WRONG_VERSION_NUMBER') return 'the broker does not speak TLS on this port: use mqtt:// here, or the TLS port (usually 8883) with mqtts://';
+  if (code.startsWith('ERR_SSL_') && code.includes('ALERT')) {
+    return 'the broker refused the TLS handshake: mqtt.cert / mqtt.key must be a client certificate and its key, signed by a CA the broker trusts (set them when the broker requires one)';
+  }
+  return '';
 }
 
 /** The URL without a password, for logs and stats. */
