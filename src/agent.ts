@@ -117,6 +117,7 @@ export class Agent {
       inFlight: () => this.loop?.inFlightCount() ?? 0,
       inferenceQueue: () => safe(() => this.inspector!.info().queued) ?? 0,
       outboxDepth: () => this.publisher?.stats().outbox?.pending,
+      outboxDropped: () => this.publisher?.stats().outbox?.dropped,
       camera: () => this.source?.stats(),
       model: () => safe(() => {
         const i = this.inspector!.info();

@@ -9,6 +9,8 @@ export interface GaugeSources {
   inFlight: () => number;
   inferenceQueue: () => number;
   outboxDepth: () => number | undefined;
+  /** Results the outbox dropped (oldest first) to stay within its bounds, since start. */
+  outboxDropped?: () => number | undefined;
   camera: () => { fps: number; frames: number; stalls: number; restarts: number; errors: number } | undefined;
   model: () => { name: string; version: string; sha256: string; provider: string } | undefined;
   mqttConnected: () => boolean | undefined;
@@ -31,6 +33,18 @@ export class Metrics {
     new client.Gauge({ name: 'linesight_parts_in_flight', help: 'Parts between camera and gate', registers: reg, collect() { this.set(src.inFlight()); } });
     new client.Gauge({ name: 'linesight_inference_queue', help: 'Frames waiting for an inference worker', registers: reg, collect() { this.set(src.inferenceQueue()); } });
     new client.Gauge({ name: 'linesight_outbox_depth', help: 'Results persisted and not yet acknowledged by the broker', registers: reg, collect() { this.set(src.outboxDepth() ?? 0); } });
+    // The outbox drops inside the publisher, off the bus: its own count, caught up at each scrape.
+    let droppedSeen = 0;
+    new client.Counter({
+      name: 'linesight_outbox_dropped_total',
+      help: 'Results dropped by the outbox (oldest first) to stay within mqtt.outbox bounds: each one lost to the central system',
+      registers: reg,
+      collect() {
+        const n = src.outboxDropped?.() ?? 0;
+        if (n > droppedSeen) this.inc(n - droppedSeen);
+        droppedSeen = Math.max(droppedSeen, n);
+      },
+    });
     new client.Gauge({ name: 'linesight_mqtt_connected', help: '1 while connected to the broker', registers: reg, collect() { this.set(src.mqttConnected() ? 1 : 0); } });
     new client.Gauge({ name: 'linesight_camera_fps', help: 'Frames per second delivered by the camera', registers: reg, collect() { this.set(src.camera()?.fps ?? 0); } });
     new client.Gauge({ name: 'linesight_camera_stalls', help: 'Camera stalls since start', registers: reg, collect() { this.set(src.camera()?.stalls ?? 0); } });

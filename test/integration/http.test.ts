@@ -119,7 +119,7 @@ test('commands need the token; trigger makes a part', async () => {
 
 test('/metrics exposes the line in Prometheus format', async () => {
   const text = await (await fetch(`${base}/metrics`)).text();
-  for (const name of ['linesight_parts_total', 'linesight_stage_seconds_bucket', 'linesight_model_info', 'linesight_parts_in_flight', 'linesight_nodejs_eventloop_lag_p99_seconds', 'linesight_process_resident_memory_bytes']) {
+  for (const name of ['linesight_parts_total', 'linesight_stage_seconds_bucket', 'linesight_model_info', 'linesight_parts_in_flight', 'linesight_nodejs_eventloop_lag_p99_seconds', 'linesight_process_resident_memory_bytes', 'linesight_outbox_dropped_total']) {
     assert.ok(text.includes(name), `metric ${name} missing`);
   }
   assert.match(text, /linesight_model_info\{name="film-demo",version="[^"]+",sha256="[0-9a-f]{64}",provider="cpu"\} 1/);
