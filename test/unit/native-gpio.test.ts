@@ -139,7 +139,12 @@ describe('native pulse engine (no line)', () => {
     const edges: Edge[] = [];
     timer.onPulseEdge((level, atNs, deadlineNs, errno) => edges.push({ level, atNs, deadlineNs, errno }));
     const wait = async (n: number) => {
-      while (edges.length < n) await new Promise((r) => setTimeout(r, 5));
+      while (edges.length < n) {
+        // A pulse whose whole window passed before the thread ran is missed, never driven: fail, not hang.
+        const missed = timer.pulseStats().missed;
+        assert.equal(missed, 0, `${missed} pulse(s) missed: the pulse thread did not run during a whole pulse window (machine stalled)`);
+        await new Promise((r) => setTimeout(r, 5));
+      }
     };
     return { timer, edges, wait };
   };
