@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, test } from 'node:test';
-import { canSchedulePulses, type PulseEdge } from '../../src/gpio/chardev.js';
+import { canSchedulePulses, type PulseEdge, type PulseScheduling } from '../../src/gpio/chardev.js';
 import { GpioError, type EdgeEvent, type GpioBinding, type GpioOutput, type LineSpec } from '../../src/gpio/types.js';
 
 export interface GpioDriver {
@@ -248,13 +248,14 @@ export function gpioContract<B extends GpioBinding>(
          * thread at normal priority can wait well over 100 ms. wait() stops at a miss, so the
          * test fails saying so instead of hanging.
          */
-        const edgesOf = (b: GpioBinding, out: GpioOutput) => {
-          assert.ok(canSchedulePulses(b), 'the binding offers PulseScheduling');
+        const edgesOf = (binding: GpioBinding, out: GpioOutput) => {
+          assert.ok(canSchedulePulses(binding), 'the binding offers PulseScheduling');
+          const b: GpioBinding & PulseScheduling = binding;
           const edges: PulseEdge[] = [];
           b.onPulseEdge(out, (ev) => edges.push(ev));
           const wait = async (n: number): Promise<void> => {
             while (edges.length < n) {
-              const missed = b.pulseStats(out).missed;
+              const missed: number = b.pulseStats(out).missed;
               assert.equal(missed, 0, `${missed} pulse(s) missed: the pulse thread did not run during a whole pulse window (machine stalled)`);
               await sleep(5);
             }
