@@ -39,6 +39,8 @@ export interface StageResult {
 export interface LimitsResult {
   model: ModelKey;
   frame: { width: number; height: number };
+  /** The frame as the replay camera decodes it for this model (shrink-on-load to cover the input). */
+  decoded: { width: number; height: number };
   input: { width: number; height: number; colour: string };
   decode: StageResult;
   prepare: StageResult;
@@ -234,6 +236,7 @@ async function main(): Promise<void> {
   const result: LimitsResult = {
     model: p.model,
     frame,
+    decoded: { width: frames[0]!.width, height: frames[0]!.height },
     input: { width: spec.width, height: spec.height, colour: spec.colour },
     decode,
     prepare,

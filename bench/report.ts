@@ -116,7 +116,7 @@ export function renderMarkdown(r: BenchReport): string {
       out.push(
         row([
           mr.model,
-          `${l.frame.width}×${l.frame.height} → ${l.input.width}×${l.input.height} ${l.input.colour}`,
+          `${l.frame.width}×${l.frame.height}${l.decoded && l.decoded.width !== l.frame.width ? ` (decoded ${l.decoded.width}×${l.decoded.height})` : ''} → ${l.input.width}×${l.input.height} ${l.input.colour}`,
           `${f(l.decode.wall.p50, 2)} (${f(l.decode.cpuMs, 2)})`,
           `${f(l.prepare.wall.p50, 2)} (${f(l.prepare.cpuMs, 2)})`,
           `${f(l.toTensor.wall.p50, 2)} (${f(l.toTensor.cpuMs, 2)})`,
