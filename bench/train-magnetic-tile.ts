@@ -2,15 +2,16 @@
 // dataset), through the agent's real inference path (bundle on disk -> InferencePool -> sharp
 // decode -> preprocess per InputSpec -> onnxruntime -> head). A command, not a test.
 //
-//   npx tsx bench/train-magnetic-tile.ts [--data DIR] [--split grouped|plain] [--seed 0]
+//   npx tsx bench/train-magnetic-tile.ts [--data DIR] [--split grouped|plain] [--gap 400] [--seed 0]
 //       [--runs patchcore:anomaly,synthetic-linear:anomaly,features-linear:supervised]
 //       [--params '{"synthetic-linear":{"synthetic":2}}'] [--out /tmp/linesight-train-bench]
 //
-// Split: 30 % of the data held out as test, stratified by class, fixed seed. 'grouped' (default)
-// keeps the images of one physical tile together: magnetic-tile names files expN_num_F, and the
-// same tile appears under several lighting set-ups (exp1..exp6) with nearby frame numbers F, so a
-// per-file split would put near-copies of test tiles into training. Groups: files sorted by F, a
-// new group where consecutive F differ by more than 150. The methods are fitted on the other 70 %.
+// Split: 30 % of the data held out as test, stratified by class, fixed seed, by the product's
+// splitSamples. 'grouped' (default) keeps the images of one physical tile together: magnetic-tile
+// names files expN_num_F, and the same tile appears under several lighting set-ups (exp1..exp6)
+// with nearby frame numbers F, so a per-file split would put near-copies of test tiles into
+// training. Groups: files sorted by F, a new group where consecutive F differ by more than --gap
+// (400; docs/training.md says why). The methods are fitted on the other 70 %.
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
@@ -18,7 +19,7 @@ import { methods } from '../src/train/index-methods.js';
 import { auroc } from '../src/train/metrics.js';
 import { predictFiles } from '../src/inference/predict.js';
 import { createLogger } from '../src/log.js';
-import { rng, shuffleInPlace } from '../src/train/methods/linear.js';
+import { splitSamples, type GroupBy } from '../src/train/dataset.js';
 import type { FitContext, Sample } from '../src/train/types.js';
 
 const argv = process.argv.slice(2);
@@ -33,6 +34,7 @@ const runs = arg('runs', 'patchcore:anomaly,synthetic-linear:anomaly,features-li
 const extraParams = JSON.parse(arg('params', '{}')) as Record<string, Record<string, unknown>>;
 const outDir = arg('out', '/tmp/linesight-train-bench');
 const testShare = Number(arg('test', '0.3'));
+const gap = Number(arg('gap', '400'));
 
 function listDataset(root: string): Sample[] {
   const out: Sample[] = [];
@@ -49,44 +51,14 @@ function listDataset(root: string): Sample[] {
   return out;
 }
 
-/** Physical-tile groups (see the header); a file without a frame number is a group of its own. */
-function groups(samples: Sample[]): Sample[][] {
-  const num = (s: Sample): number => Number(/_num_(\d+)/.exec(path.basename(s.file))?.[1] ?? NaN);
-  if (splitKind === 'plain') return samples.map((s) => [s]);
-  const withNum = samples.filter((s) => Number.isFinite(num(s))).sort((a, b) => num(a) - num(b) || a.file.localeCompare(b.file));
-  const out: Sample[][] = samples.filter((s) => !Number.isFinite(num(s))).map((s) => [s]);
-  let cur: Sample[] = [];
-  for (const s of withNum) {
-    if (cur.length && num(s) - num(cur[cur.length - 1]!) > 150) {
-      out.push(cur);
-      cur = [];
-    }
-    cur.push(s);
-  }
-  if (cur.length) out.push(cur);
-  return out;
-}
-
+/**
+ * The product's split (src/train/dataset.ts splitSamples): grouped = split.groupBy regex
+ * '_num_(\\d+)' with numericGap (default 400, as train/tile.yaml); plain = per file.
+ */
 function split(samples: Sample[]): { train: Sample[]; test: Sample[] } {
-  const r = rng(seed);
-  // A group's stratum: its most frequent defect class, or good.
-  const stratum = (g: Sample[]): string => {
-    const c = new Map<string, number>();
-    for (const s of g) if (!s.isGood) c.set(s.label, (c.get(s.label) ?? 0) + 1);
-    return c.size ? [...c].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))[0]![0] : 'good';
-  };
-  const by = new Map<string, Sample[][]>();
-  for (const g of groups(samples)) by.set(stratum(g), [...(by.get(stratum(g)) ?? []), g]);
-  const train: Sample[] = [];
-  const test: Sample[] = [];
-  for (const k of [...by.keys()].sort()) {
-    const gs = by.get(k)!;
-    shuffleInPlace(gs, r);
-    const nt = Math.round(gs.length * testShare);
-    gs.slice(0, nt).forEach((g) => test.push(...g));
-    gs.slice(nt).forEach((g) => train.push(...g));
-  }
-  return { train, test };
+  const groupBy: GroupBy = splitKind === 'plain' ? { kind: 'none' } : { kind: 'regex', pattern: '_num_(\\d+)', numericGap: gap };
+  const s = splitSamples(samples, { train: 1 - testShare, val: 0, test: testShare }, seed, 'supervised', groupBy);
+  return { train: s.train, test: s.test };
 }
 
 const count = (ss: Sample[]): Record<string, number> => {

@@ -109,6 +109,11 @@ export const TrainConfigSchema = T.Object(
         }),
         dir: T.String({ default: '', description: "bundle folder, relative to this config file (default '../models/<name>')" }),
         description: T.Optional(T.String()),
+        notes: T.Optional(
+          T.Record(T.String(), T.Unknown(), {
+            description: "free-form facts copied as they are into the bundle's provenance.notes (e.g. figures measured outside the run, how to read the metrics)",
+          }),
+        ),
       },
       { additionalProperties: false },
     ),

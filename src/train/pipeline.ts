@@ -8,6 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { copyFile, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
@@ -303,8 +304,23 @@ export interface EvalMetrics {
   pixel?: Omit<PixelMetrics, 'proCurve'>;
 }
 
+/** Per-image time in the agent's inference pool on this machine (preprocess + model + head; not decode), over the scored images. Not part of the metrics: it varies run to run. */
+export interface InferenceTiming {
+  msMedian: number;
+  msP90: number;
+  images: number;
+}
+
+function timingOf(items: ScoredSample[]): InferenceTiming | undefined {
+  const ms = items.map((i) => i.ms).filter((m): m is number => m !== undefined).sort((a, b) => a - b);
+  if (!ms.length) return undefined;
+  const q = (f: number): number => +ms[Math.min(ms.length - 1, Math.floor(f * ms.length))]!.toFixed(2);
+  return { msMedian: q(0.5), msP90: q(0.9), images: ms.length };
+}
+
 export interface Evaluation {
   metrics: EvalMetrics;
+  inference?: InferenceTiming;
   manifest: ModelManifest;
   report: { json: string; html: string };
   scores: ScoredImage[];
@@ -316,6 +332,8 @@ interface ScoredSample {
   map?: { width: number; height: number; data: number[] };
   frameWidth: number;
   frameHeight: number;
+  /** Preprocess + inference + head, ms (decode and queueing not included). */
+  ms?: number;
 }
 
 const relTo = (root: string, file: string): string => path.relative(root, file).split(path.sep).join('/');
@@ -333,7 +351,8 @@ async function scoreAll(pool: InferencePool, samples: Sample[], colour: 'gray' |
     }
     progress?.(++done, samples.length, what);
     const v = res.verdict;
-    return { sample, score: v.score, map: v.map, frameWidth: frame.width, frameHeight: frame.height };
+    const ms = res.timings.preprocessMs + res.timings.inferMs + res.timings.postprocessMs;
+    return { sample, score: v.score, map: v.map, frameWidth: frame.width, frameHeight: frame.height, ms };
   });
 }
 
@@ -531,7 +550,8 @@ export async function evaluateBundle(opts: EvaluateOptions): Promise<Evaluation>
   };
   await mkdir(opts.outDir, { recursive: true });
   const report = await writeReport(opts.outDir, data);
-  return { metrics, manifest, report, scores };
+  const inference = timingOf([...val, ...test]);
+  return { metrics, manifest, report, scores, ...(inference ? { inference } : {}) };
 }
 
 // ---- Bundles ----------------------------------------------------------------------------------
@@ -778,10 +798,12 @@ export async function runTraining(rc: ResolvedTrainConfig, opts: TrainOptions = 
         run: { id: runId, method: cfg.method, mode: cfg.mode, seed: cfg.seed, params: cfg.params, fitParameters: fit.parameters, weights: fit.weights, code },
       });
       await writeJson(metricsFile, ev.metrics);
-      return { outputs: ['metrics.json', 'report.json', 'report.html'], value: ev.metrics };
+      await writeJson(run.p('inference.json'), ev.inference ?? {});
+      return { outputs: ['metrics.json', 'report.json', 'report.html', 'inference.json'], value: ev.metrics };
     },
     async () => readJson<EvalMetrics>(metricsFile),
   );
+  const timing = await readJson<Partial<InferenceTiming>>(run.p('inference.json')).catch(() => ({}) as Partial<InferenceTiming>);
 
   // Build: the final bundle with its provenance, in the run folder and in the output dir.
   const bundle = await run.stage(
@@ -808,8 +830,10 @@ export async function runTraining(rc: ResolvedTrainConfig, opts: TrainOptions = 
           recallPerClass: Object.fromEntries(Object.entries(t.recallPerClass).map(([k, v]) => [k, v.recall])),
           ...(metrics.calibration ? { valFrr: metrics.calibration.frr, targetFrr: cfg.targetFrr } : {}),
           ...(metrics.pixel ? { pixelAuroc: metrics.pixel.auroc, pro: metrics.pixel.pro, proFprLimit: metrics.pixel.proFprLimit } : {}),
+          ...(timing.msMedian !== undefined ? { inferenceMs: { ...timing, where: `${os.cpus()[0]?.model ?? 'cpu'}, ${os.cpus().length} cores, training machine (load varies)` } } : {}),
         },
         weights: fit.weights,
+        ...(cfg.output.notes ? { notes: cfg.output.notes } : {}),
         split: { policy: splitPolicy(cfg.split.groupBy), groupBy: cfg.split.groupBy, groups: split.groups ?? samples.length, images: splitCounts },
         run: runId,
       });

@@ -175,6 +175,16 @@ describe('training pipeline', () => {
     assert.deepEqual((p.parameters as Record<string, unknown>).fit, { size: SIZE, pool: POOL, images: 18 });
     assert.equal((p.metrics as Record<string, unknown>).auroc, first.metrics.test.auroc);
     assert.deepEqual(p.weights, [{ origin: 'none (statistics of the training images)', license: 'n/a' }]);
+    // The split policy (per file here) and the measured inference time.
+    const sp = p.split as { policy: string; groupBy: { kind: string }; groups: number; images: Record<string, Record<string, number>> };
+    assert.match(sp.policy, /^per-file/);
+    assert.equal(sp.groupBy.kind, 'none');
+    assert.equal(sp.groups, 46);
+    assert.deepEqual(sp.images, first.split);
+    const splitFile = JSON.parse(await readFile(path.join(first.runDir, 'split.json'), 'utf8'));
+    assert.equal(splitFile.policy, sp.policy);
+    const inf = (p.metrics as { inferenceMs?: { msMedian: number; images: number } }).inferenceMs;
+    assert.ok(inf && inf.msMedian > 0 && inf.images > 0, JSON.stringify(inf));
   });
 
   it('calibrates on validation good images and reports on the test split', async () => {
@@ -342,6 +352,32 @@ describe('train and eval commands', () => {
     const usage = await capture(() => trainCommand(['--bogus'], quiet));
     assert.equal(usage.code, 2);
     assert.match(usage.err, /usage: linesight train/);
+  });
+
+  it('splits by group with split.groupBy: no group crosses splits, recorded in split.json and the bundle', async () => {
+    // Key: the last digit of the file's number (g3, g13, g23, s3 and p3 are one "part").
+    const groupBy = { kind: 'regex', pattern: '(\\d)\\.png$' };
+    const r = await runTraining(config({ split: { train: 0.6, val: 0.2, test: 0.2, groupBy } }, 'grouped'), { ...quiet, methods: { mad: madMethod() }, runId: 'grouped' });
+    const sf = JSON.parse(await readFile(path.join(r.runDir, 'split.json'), 'utf8')) as { policy: string; groups: number; train: string[]; val: string[]; test: string[] };
+    assert.equal(sf.groups, 10);
+    const where = new Map<string, string>();
+    for (const k of ['train', 'val', 'test'] as const) {
+      for (const f of sf[k]) {
+        const key = /(\d)\.png$/.exec(f)![1]!;
+        assert.equal(where.get(key) ?? k, k, `${f}: its group is in ${where.get(key)} too`);
+        where.set(key, k);
+      }
+    }
+    assert.equal(sf.train.length + sf.val.length + sf.test.length, 46);
+    const sp = r.manifest.provenance!.split as { policy: string; groups: number };
+    assert.match(sp.policy, /^grouped: key = first capture group of/);
+    assert.equal(sp.policy, sf.policy);
+    assert.equal(sp.groups, 10);
+    // A pattern that matches no file stops the run before training, naming the pattern.
+    await assert.rejects(
+      runTraining(config({ split: { train: 0.6, val: 0.2, test: 0.2, groupBy: { kind: 'regex', pattern: '_num_(\\d+)' } } }, 'nomatch'), { ...quiet, methods: { mad: madMethod() }, runId: 'nomatch' }),
+      /split\.groupBy\.pattern: \/_num_\(\\d\+\)\/ matches none of the 46 file names/,
+    );
   });
 
   it('a dataset without good images stops the run with a message naming the fix', async () => {

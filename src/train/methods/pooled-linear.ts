@@ -31,6 +31,11 @@ interface Options {
   requiresSupervised: boolean;
 }
 
+/** The descriptors after the optional power normalisation (ReLU maps: they are >= 0 already; the Relu guards Sqrt). */
+function powered(g: GraphBuilder, value: string, power: 'none' | 'sqrt'): string {
+  return power === 'sqrt' ? g.node('Sqrt', [g.node('Relu', [value])]) : value;
+}
+
 export function pooledLinearMethod(o: Options): TrainMethod {
   return {
     name: o.name,
@@ -48,6 +53,9 @@ export function pooledLinearMethod(o: Options): TrainMethod {
       const kindsSpec = p.string('syntheticKinds', SYNTH_KINDS.join(','));
       const syntheticWeight = p.number('syntheticWeight', o.syntheticWeightDefault, { min: 0 });
       const transplant = p.number('transplant', 0, { min: 0, max: 20, integer: true });
+      // 'sqrt': the square root of each (non-negative) pooled descriptor before standardisation
+      // (power normalisation: tames the heavy tails of max / average activations).
+      const power = p.string('power', 'none', ['none', 'sqrt'] as const);
       const parameters = p.done();
       const kinds = kindsSpec.split(',').map((k) => k.trim()) as SynthKind[];
       for (const k of kinds) if (!SYNTH_KINDS.includes(k)) throw new MethodParamError(`${o.name}: unknown synthetic kind '${k}' (${SYNTH_KINDS.join(', ')})`);
@@ -68,7 +76,7 @@ export function pooledLinearMethod(o: Options): TrainMethod {
       const fg = new GraphBuilder({ name: 'features' });
       const fx = fg.input('image', 'float32', [1, channels, height, width]);
       const feat = addPooledFeatures(fg, fx, channels, cfg);
-      fg.node('Identity', [feat.value], {}, { name: 'features' });
+      fg.node('Identity', [powered(fg, feat.value, power)], {}, { name: 'features' });
       fg.output('features', 'float32', [1, feat.dims]);
       const session = await createSession(fg.toBytes());
       const d = feat.dims;
@@ -167,14 +175,14 @@ export function pooledLinearMethod(o: Options): TrainMethod {
       const g = new GraphBuilder({ name: o.name });
       const x = g.input('image', 'float32', [1, channels, height, width]);
       const f = addPooledFeatures(g, x, channels, cfg);
-      const logit = g.node('Gemm', [f.value, g.initializer('head.w', 'float32', [d, 1], w), g.initializer('head.b', 'float32', [1], [b])]);
+      const logit = g.node('Gemm', [powered(g, f.value, power), g.initializer('head.w', 'float32', [d, 1], w), g.initializer('head.b', 'float32', [1], [b])]);
       // The logit itself (float32 sigmoid saturates at 1 for logits above ~17, which would tie
       // clear defects); the classification head applies the sigmoid in double precision.
       g.node('Identity', [logit], {}, { name: 'score' });
       g.output('score', 'float32', [1, 1]);
       const onnx = g.toBytes({
         producerName: 'linesight-train',
-        docString: `${o.name}: MobileNetV2 pooled descriptors (${layerSpec}) + logistic regression`,
+        docString: `${o.name}: MobileNetV2 pooled descriptors (${layerSpec}${power === 'sqrt' ? ', square-rooted' : ''}) + logistic regression`,
       });
       const head: HeadSpec =
         ctx.mode === 'supervised'
