@@ -170,7 +170,7 @@ export class Agent {
       });
       const models = (this.models = new ModelManager({
         createPool: (modelDir) =>
-          new InferencePool({ modelDir, providers: m.providers, workers: m.workers, intraOpThreads: m.intraOpThreads, queueLimit: m.queueLimit, log: log.child({ mod: 'inference' }) }),
+          new InferencePool({ modelDir, providers: m.providers, workers: m.workers, intraOpThreads: m.intraOpThreads, queueLimit: m.queueLimit, workerNice: m.workerNice, log: log.child({ mod: 'inference' }) }),
         log: modelLog,
         bus: this.bus,
         store,

@@ -123,6 +123,12 @@ export const ConfigSchema = T.Object(
         workers: T.Integer({ minimum: 1, maximum: 64, default: 1, description: 'inference worker threads' }),
         intraOpThreads: T.Integer({ minimum: 0, maximum: 256, default: 0, description: '0 = onnxruntime default' }),
         queueLimit: T.Integer({ minimum: 1, maximum: 10000, default: 8, description: 'frames waiting for a worker before overload' }),
+        workerNice: T.Integer({
+          minimum: 0,
+          maximum: 19,
+          default: 5,
+          description: 'Linux: inference workers run this many nice levels below the main thread, so a saturated CPU still serves divert timing, MQTT and HTTP first (0 = same priority)',
+        }),
         ref: T.Optional(T.String({ minLength: 1, description: "model to run: 'name@1.2.0', 'name@latest' or a bundle folder; overrides path" })),
         registry: T.String({ default: '', description: "model registry: http(s) URL or folder (index.json, NAME/VERSION/…); empty = device-local only" }),
         registryToken: T.Optional(T.String({ description: 'bearer token sent to a private registry' })),

@@ -27,6 +27,8 @@ export interface InferencePoolOptions {
   intraOpThreads: number;
   /** Requests waiting for a worker before new ones are refused with 'overload'. */
   queueLimit: number;
+  /** How many nice levels below the process the workers run (Linux; 0 = same priority). */
+  workerNice?: number;
   log: Logger;
 }
 
@@ -255,6 +257,7 @@ export class InferencePool implements Inspector {
       manifest: bundle.manifest,
       providers,
       intraOpThreads: this.opts.intraOpThreads,
+      nice: this.opts.workerNice ?? 0,
     });
     slot.worker = worker;
     slot.state = 'starting';

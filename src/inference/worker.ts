@@ -4,6 +4,8 @@
 //
 // Protocol: the worker starts from workerData (model bytes, manifest, providers), answers 'ready'
 // or 'init-error', then serves 'run' requests with 'result' or 'error'.
+import { readlinkSync } from 'node:fs';
+import { getPriority, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { env, InferenceSession, Tensor } from 'onnxruntime-node';
 import { checkModelIO } from './manifest.js';
@@ -19,6 +21,8 @@ export interface WorkerInit {
   providers: string[];
   /** 0 = onnxruntime's default. */
   intraOpThreads: number;
+  /** Nice levels to add to this thread (and the threads onnxruntime starts from it); 0 = none. */
+  nice?: number;
 }
 
 export type ToWorker =
@@ -58,6 +62,23 @@ const message = (err: unknown): string => (err instanceof Error ? err.message : 
 
 const init = workerData as WorkerInit;
 const { manifest } = init;
+lowerPriority(init.nice ?? 0);
+
+/**
+ * Inference below the main thread: when the cores are saturated, the kernel then runs the event loop
+ * (divert timing, MQTT keepalive, HTTP) and the decode that feeds the workers as soon as they are
+ * ready, instead of a timeslice later. Linux nice is per thread; onnxruntime's intra-op threads,
+ * created from this one, inherit it. Best effort: elsewhere, or when refused, nothing changes.
+ */
+function lowerPriority(by: number): void {
+  if (by <= 0 || process.platform !== 'linux') return;
+  try {
+    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
+    if (Number.isInteger(tid) && tid > 0) setPriority(tid, Math.min(19, getPriority(tid) + by));
+  } catch {
+    // no /proc (unusual): same priority as the main thread
+  }
+}
 let crashNext: 'crash-exit' | 'crash-throw' | undefined;
 /** Requests kept back while a test holds the worker. */
 let held: Extract<ToWorker, { type: 'run' }>[] | undefined;

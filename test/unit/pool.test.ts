@@ -5,7 +5,7 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
@@ -352,5 +352,29 @@ test('predictFiles: one result per image (folders searched recursively); an unre
   for (const r of results) {
     assert.equal(r.provider, 'cpu');
     assert.equal(r.model.name, 'max');
+  }
+});
+
+test('workers run workerNice levels below the main thread (Linux: nice is per thread), the main thread untouched', async () => {
+  const niceOf = (): Map<string, number> => {
+    const out = new Map<string, number>();
+    for (const tid of readdirSync('/proc/self/task')) {
+      // comm may hold spaces: the fields after its closing parenthesis; nice is field 19 of stat.
+      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      out.set(tid, Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]));
+    }
+    return out;
+  };
+  const base = niceOf().get(String(process.pid))!;
+  const before = new Set(niceOf().keys());
+  const p = pool(small, { workers: 2, workerNice: 3 });
+  await p.start();
+  try {
+    const lowered = [...niceOf()].filter(([tid, n]) => !before.has(tid) && n === Math.min(19, base + 3));
+    assert.ok(lowered.length >= 2, `two worker threads at nice ${base + 3} (threads: ${JSON.stringify([...niceOf()])})`);
+    assert.equal(niceOf().get(String(process.pid)), base, 'the main thread keeps its priority');
+    await p.inspect(greyFrame(8, 51)); // and they still serve
+  } finally {
+    await p.stop();
   }
 });
