@@ -290,6 +290,7 @@ export interface EvaluateOptions {
   title?: string;
   run?: Record<string, unknown>;
   split?: Record<string, Record<string, number>>;
+  splitPolicy?: string;
   /** Test samples are labelled 'test' in the scores ('all' for eval on a whole folder). */
   testSplitName?: 'test' | 'all';
 }
@@ -537,6 +538,7 @@ export async function evaluateBundle(opts: EvaluateOptions): Promise<Evaluation>
     model: { name: manifest.name, version: manifest.version, sha256: manifest.sha256, dir: opts.bundleDir },
     dataset: { root: opts.dataset.root, manifestSha256: opts.dataset.sha256, classes: opts.dataset.classes, skipped: opts.dataset.skipped },
     ...(opts.split ? { split: opts.split } : {}),
+    ...(opts.splitPolicy ? { splitPolicy: opts.splitPolicy } : {}),
     threshold: { value: threshold, source: metrics.thresholdSource, ...(calibration ? { targetFrr: opts.targetFrr, calibration } : {}) },
     metrics: { test: testMetrics, ...(valMetrics ? { val: valMetrics } : {}), ...(pixelSummary ? { pixel: pixelSummary } : {}) },
     figures: {
@@ -795,6 +797,7 @@ export async function runTraining(rc: ResolvedTrainConfig, opts: TrainOptions = 
         progress,
         title: `Training report: ${cfg.output.name} ${cfg.output.version}`,
         split: splitCounts,
+        splitPolicy: `${splitPolicy(cfg.split.groupBy)} (${split.groups ?? samples.length} ${cfg.split.groupBy.kind === 'none' ? 'files' : 'groups'})`,
         run: { id: runId, method: cfg.method, mode: cfg.mode, seed: cfg.seed, params: cfg.params, fitParameters: fit.parameters, weights: fit.weights, code },
       });
       await writeJson(metricsFile, ev.metrics);

@@ -37,6 +37,8 @@ export interface ReportData {
   };
   /** Images per split and label (training runs). */
   split?: Record<string, Record<string, number>>;
+  /** The split policy in words (training runs). */
+  splitPolicy?: string;
   threshold: { value: number; source: 'calibrated' | 'bundle'; targetFrr?: number; calibration?: Calibration };
   metrics: { test: ImageMetrics; val?: ImageMetrics; pixel?: Omit<PixelMetrics, 'proCurve'> };
   figures: {
@@ -214,6 +216,7 @@ export async function renderHtml(data: ReportData, dir: string): Promise<string>
     const labels = data.dataset.classes.map((c) => c.label);
     parts.push(table(['split', ...labels], Object.entries(data.split).map(([k, v]) => [esc(k), ...labels.map((l) => v[l] ?? 0)])));
   }
+  if (data.splitPolicy) parts.push(`<p>Split policy: ${esc(data.splitPolicy)}</p>`);
   if (data.dataset.skipped.length) {
     parts.push(`<p class="warn">Skipped (unreadable): ${data.dataset.skipped.length}</p>`);
     parts.push(table(['file', 'reason'], data.dataset.skipped.map((s) => [`<code>${esc(s.file)}</code>`, esc(s.reason)])));
