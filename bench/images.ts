@@ -4,7 +4,7 @@
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { decodeImageFile } from '../src/camera/replay.js';
+import { decodeImageFile, type DecodeFit } from '../src/camera/replay.js';
 import { renderFilmFrame } from '../src/camera/synthetic.js';
 import type { Frame } from '../src/part.js';
 import { defaultCacheDir } from './models.js';
@@ -36,7 +36,7 @@ export async function ensureImages(width: number, height: number, cacheDir = def
  * Decode as the replay camera does (the same function). `fit`: the model input it decodes for with
  * `camera.replay.decodeSize: model` (the default) — undefined for every pixel (`full`).
  */
-export async function decodeLikeReplay(file: string, gray: boolean, seq: number, fit?: { width: number; height: number }): Promise<Frame> {
+export async function decodeLikeReplay(file: string, gray: boolean, seq: number, fit?: DecodeFit): Promise<Frame> {
   const d = await decodeImageFile(file, { colour: gray ? 'gray' : 'rgb', fit });
   return { seq, timeNs: process.hrtime.bigint(), ...d, source: 'replay', file };
 }

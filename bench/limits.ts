@@ -154,7 +154,7 @@ async function main(): Promise<void> {
 
   progress(`${p.model}: decode, prepare, toTensor`);
   // As the agent's replay camera decodes for this model (decodeSize: model): no crop = shrink-on-load.
-  const fit = spec.crop ? undefined : { width: spec.width, height: spec.height };
+  const fit = spec.crop ? undefined : { width: spec.width, height: spec.height, resize: spec.resize ?? 'stretch' };
   const decode = await measure((i) => decodeLikeReplay(files[i % files.length]!, gray, i, fit), { warm: 4, minN: 24, minMs });
   const frames: Frame[] = [];
   for (let i = 0; i < files.length; i++) frames.push(await decodeLikeReplay(files[i]!, gray, i, fit));

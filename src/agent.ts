@@ -357,7 +357,7 @@ export class Agent {
   private fitSource(): void {
     const input = safe(() => this.inspector!.info().manifest.input);
     if (!this.source?.fitFor || !input) return;
-    this.source.fitFor(input.crop ? undefined : { width: input.width, height: input.height });
+    this.source.fitFor(input.crop ? undefined : { width: input.width, height: input.height, resize: input.resize ?? 'stretch' });
   }
 
   /**

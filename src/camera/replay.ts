@@ -79,6 +79,9 @@ export function shuffle<T>(items: readonly T[], seed: number): T[] {
   return out;
 }
 
+/** The model input a frame is decoded for (see FrameSource.fitFor). */
+export type DecodeFit = { width: number; height: number; resize?: 'stretch' | 'letterbox' };
+
 export class ReplaySource implements FrameSource {
   readonly name = 'replay';
   private items: ReplayItem[] = [];
@@ -91,7 +94,7 @@ export class ReplaySource implements FrameSource {
   private frames = 0;
   private errors = 0;
   private root = '';
-  private fit: { width: number; height: number } | undefined;
+  private fit: DecodeFit | undefined;
   private readonly meter: FpsMeter;
   private readonly pacer: Pacer;
   private readonly subs: Subscribers;
@@ -175,7 +178,7 @@ export class ReplaySource implements FrameSource {
     return this.decode(item);
   }
 
-  fitFor(size: { width: number; height: number } | undefined): void {
+  fitFor(size: DecodeFit | undefined): void {
     this.fit = size && this.cfg.decodeSize === 'model' ? { ...size } : undefined;
   }
 
@@ -242,7 +245,7 @@ export class ReplaySource implements FrameSource {
  */
 export async function decodeImageFile(
   file: string,
-  opts: { colour: 'gray' | 'rgb'; fit?: { width: number; height: number } | undefined },
+  opts: { colour: 'gray' | 'rgb'; fit?: DecodeFit | undefined },
 ): Promise<{ width: number; height: number; channels: 1 | 3; data: Uint8Array }> {
   const gray = opts.colour === 'gray';
   let decoded;
@@ -251,7 +254,11 @@ export async function decodeImageFile(
     let img = sharp(file, { failOn: 'warning', limitInputPixels: MAX_INPUT_PIXELS }).autoOrient().removeAlpha();
     // At least the model's input on both sides, aspect kept: libjpeg then decodes at 1/2, 1/4 or 1/8
     // scale (shrink-on-load), and the model's own resize works on a frame 4–16× smaller.
-    if (opts.fit) img = img.resize({ width: opts.fit.width, height: opts.fit.height, fit: 'outside', withoutEnlargement: true });
+    // A letterboxing model scales the frame to fit inside its input: the frame need only cover that.
+    if (opts.fit) {
+      const fit = opts.fit.resize === 'letterbox' ? 'inside' : 'outside';
+      img = img.resize({ width: opts.fit.width, height: opts.fit.height, fit, withoutEnlargement: true });
+    }
     img = gray ? img.grayscale() : img.toColourspace('srgb');
     decoded = await img.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
   } catch (err) {

@@ -26,10 +26,11 @@ export interface FrameSource {
   start(): Promise<void>;
   stop(): Promise<void>;
   /**
-   * The smallest frame the model needs (undefined: full size). A source that decodes images may then
-   * decode at a reduced size that still covers it (JPEG shrink-on-load): less CPU and memory per part.
+   * The smallest frame the model needs (undefined: full size): its input size and how it resizes. A
+   * source that decodes images may then decode at a reduced size that still covers it (JPEG
+   * shrink-on-load): less CPU and memory per part.
    */
-  fitFor?(size: { width: number; height: number } | undefined): void;
+  fitFor?(size: { width: number; height: number; resize?: 'stretch' | 'letterbox' } | undefined): void;
   /** The next frame. Rejects with FrameError (reason bad_frame or camera) when it cannot. */
   grab(): Promise<Frame>;
   /** Subscribe to every captured frame (free-run). Returns an unsubscribe function. */

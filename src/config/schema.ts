@@ -121,7 +121,7 @@ export const ConfigSchema = T.Object(
           description: 'execution providers in order of preference; the next is tried when one fails to load',
         }),
         workers: T.Integer({ minimum: 1, maximum: 64, default: 1, description: 'inference worker threads' }),
-        intraOpThreads: T.Integer({ minimum: 0, maximum: 256, default: 0, description: '0 = onnxruntime default' }),
+        intraOpThreads: T.Integer({ minimum: 0, maximum: 256, default: 0, description: 'threads per worker; 0 = onnxruntime default (all cores) with one worker, cores ÷ workers with several (workers × threads above the cores fight each other: docs/performance.md)' }),
         queueLimit: T.Integer({ minimum: 1, maximum: 10000, default: 8, description: 'frames waiting for a worker before overload' }),
         workerNice: T.Integer({
           minimum: 0,

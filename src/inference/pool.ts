@@ -2,6 +2,7 @@
 // asynchronous), queued (line parts before API requests), and run on worker threads, each with
 // its own onnxruntime session, so a slow model never stalls GPIO timing, MQTT or HTTP. A worker
 // that dies fails only the request it held ('worker_crash') and is restarted with backoff.
+import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { loadBundle, type ModelBundle } from './manifest.js';
 import { prepareInput, type Geometry } from './preprocess.js';
@@ -256,7 +257,7 @@ export class InferencePool implements Inspector {
       model: bundle.bytes,
       manifest: bundle.manifest,
       providers,
-      intraOpThreads: this.opts.intraOpThreads,
+      intraOpThreads: threadsPerWorker(this.opts.intraOpThreads, this.opts.workers),
       nice: this.opts.workerNice ?? 0,
     });
     slot.worker = worker;
@@ -401,4 +402,13 @@ function stopWorker(worker: Worker): Promise<void> {
       // Already gone: its exit has been (or is about to be) reported.
     }
   });
+}
+
+/**
+ * 0 lets onnxruntime take every core, right for one worker; several workers doing that oversubscribe
+ * the CPU (2 workers × 2 threads on 2 cores was slower than either 2×1 or 1×2), so they share the cores.
+ */
+export function threadsPerWorker(configured: number, workers: number): number {
+  if (configured > 0 || workers <= 1) return configured;
+  return Math.max(1, Math.floor(availableParallelism() / workers));
 }

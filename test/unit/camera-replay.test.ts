@@ -279,6 +279,9 @@ test('decodeSize model: fitFor() decodes at the smallest size covering the model
   src.fitFor({ width: 4000, height: 100 }); // never enlarged
   const capped = await src.grab();
   assert.deepEqual([capped.width, capped.height], [1280, 960]);
+  src.fitFor({ width: 640, height: 640, resize: 'letterbox' }); // scaled to fit inside 640x640: 640x480 covers it
+  const boxed = await src.grab();
+  assert.deepEqual([boxed.width, boxed.height], [640, 480]);
   src.fitFor(undefined); // a model that crops needs frame coordinates: full size again
   assert.equal((await src.grab()).width, 1280);
   await src.stop();

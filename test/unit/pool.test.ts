@@ -6,11 +6,12 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { GraphBuilder } from '../../src/onnx/builder.js';
 import { InferencePool, predictFiles, type PredictResult } from '../../src/inference/index.js';
+import { threadsPerWorker } from '../../src/inference/pool.js';
 import { InferenceError, ModelLoadError, type InferenceResult } from '../../src/inference/types.js';
 import { memoryLogger, silentLogger, type Logger } from '../../src/log.js';
 import type { Frame } from '../../src/part.js';
@@ -377,4 +378,12 @@ test('workers run workerNice levels below the main thread (Linux: nice is per th
   } finally {
     await p.stop();
   }
+});
+
+test('threadsPerWorker: configured threads win; 0 = onnxruntime default for one worker, the cores shared among several', () => {
+  const cores = availableParallelism();
+  assert.equal(threadsPerWorker(3, 2), 3);
+  assert.equal(threadsPerWorker(0, 1), 0);
+  assert.equal(threadsPerWorker(0, 2), Math.max(1, Math.floor(cores / 2)));
+  assert.equal(threadsPerWorker(0, cores * 4), 1);
 });
