@@ -107,6 +107,9 @@ export interface SimGpioOptions {
   log?: Logger;
 }
 
+/** Level changes kept per line (see SimGpio.history): ~50k entries, a few MB. */
+export const HISTORY_KEPT = 50_000;
+
 export interface LevelChange {
   /** Electrical level of the pin. */
   value: 0 | 1;
@@ -224,6 +227,7 @@ export class SimGpio implements GpioBinding, Partial<PulseScheduling> {
    * Electrical level changes of a line driven as an output, oldest first: the first entry is the
    * level set when the output was opened, then one entry per change (writing the same level
    * again is not a change). activeLow is not applied: an active-low divert pulse reads 1, 0, 1.
+   * Bounded: past 2 × HISTORY_KEPT changes the oldest are dropped down to the last HISTORY_KEPT.
    */
   history(spec: LineSpec): LevelChange[] {
     return this.resolve(spec)[1].history.map((h) => ({ ...h }));
@@ -342,7 +346,10 @@ class SimOutput implements GpioOutput {
     const level = (value ^ (this.spec.activeLow ? 1 : 0)) as 0 | 1;
     if (!opening && level === this.state.level) return;
     this.state.level = level;
-    this.state.history.push({ value: level, timeNs: timeNs ?? this.sim.clock.nowNs() });
+    const h = this.state.history;
+    h.push({ value: level, timeNs: timeNs ?? this.sim.clock.nowNs() });
+    // A demo left running for weeks must not grow: keep the most recent HISTORY_KEPT (amortised O(1)).
+    if (h.length >= 2 * HISTORY_KEPT) h.splice(0, h.length - HISTORY_KEPT);
   }
 
   /** The pulse thread drove the (logical) level at atNs. */

@@ -3,7 +3,7 @@ import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FakeClock, SystemClock } from '../../src/clock.js';
 import { canSchedulePulses, type PulseEdge } from '../../src/gpio/chardev.js';
-import { SimGpio } from '../../src/gpio/sim.js';
+import { HISTORY_KEPT, SimGpio } from '../../src/gpio/sim.js';
 import { nativeStatus, tryLoadNative } from '../../src/native/addon.js';
 import { GpioError, type EdgeEvent } from '../../src/gpio/types.js';
 import { createGpioBinding } from '../../src/gpio/index.js';
@@ -272,4 +272,20 @@ describe('SimGpio', () => {
     await b.openOutput({ chip: 'sim0', line: 1 }, { initial: 1 });
     assert.deepEqual((b as SimGpio).history({ chip: 'sim0', line: 1 }), [{ value: 1, timeNs: 42n * ms }]);
   });
+});
+
+test('history is bounded: a long run keeps the most recent HISTORY_KEPT changes, in order', async () => {
+  const clock = new FakeClock();
+  const sim = new SimGpio({ clock });
+  const spec = { chip: 'sim0', line: 5 };
+  const out = await sim.openOutput(spec, { initial: 0 });
+  const n = 2 * HISTORY_KEPT + 10;
+  for (let i = 1; i <= n; i++) {
+    clock.advance(1);
+    out.writeSync((i % 2) as 0 | 1);
+  }
+  const h = sim.history(spec);
+  assert.ok(h.length >= HISTORY_KEPT && h.length < 2 * HISTORY_KEPT, `kept ${h.length}`);
+  assert.equal(h.at(-1)!.value, n % 2);
+  for (let i = 1; i < h.length; i++) assert.ok(h[i]!.timeNs > h[i - 1]!.timeNs && h[i]!.value !== h[i - 1]!.value);
 });
