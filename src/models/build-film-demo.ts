@@ -1,13 +1,17 @@
-// Builds the default model bundle, models/film-demo: a hand-designed (not trained) anomaly
-// detector for the synthetic screen-protector film, so the demo runs end to end out of the box.
-// The film is smooth (lighting gradients, soft texture) and defects are local departures from it,
-// so the model subtracts a large box blur of the image (high-pass), takes the absolute value at
-// two scales (single pixels for dust and scratches, a 5x5 mean for faint broad stains) and
-// reports the strongest response, in grey levels. The threshold is then calibrated on rendered
-// frames for about 1 % false rejects, and measured on frames of another seed.
+// The film-demo detector's architecture, and the hand-designed baseline it started as.
 //
-//   npx tsx src/models/build-film-demo.ts            writes models/film-demo/model.{onnx,json}
-//   npx tsx src/models/build-film-demo.ts --check    rebuilds in memory, fails if the files differ
+// The synthetic screen-protector film is smooth (lighting gradients, soft texture) and defects are
+// local departures from it, so the model subtracts a large box blur of the image (high-pass),
+// takes the absolute value at two scales (single pixels for dust and scratches, a 5x5 mean for
+// faint broad stains) and reports the strongest response. buildHighPassModel() is that graph with
+// its free parameters given: models/film-demo (1.0.0 on) is *trained* by `npm run train:film`
+// (method highpass-stats, src/train/methods/highpass-stats.ts), which learns a per-position mean and
+// standard deviation of each branch from good frames. buildModel() is the original hand-designed
+// 0.1.0 (fixed gain 1.5, a zeroed 4-pixel border, score in grey levels), kept as the baseline the
+// trained model is compared with (docs/training.md) and as a test of the shared graph.
+//
+//   npx tsx src/models/build-film-demo.ts [--out DIR]   writes the hand-designed bundle (default runs/film-demo-hand)
+//   npx tsx src/models/build-film-demo.ts --check       rebuilds it in memory, fails if DIR's files differ
 //
 // Same generator, same bytes: nothing here depends on time or on the machine's speed.
 import { createHash } from 'node:crypto';
@@ -20,7 +24,7 @@ import { GraphBuilder } from '../onnx/builder.js';
 import { preprocess } from '../inference/preprocess.js';
 import type { AnomalyHead, InputSpec, ModelManifest } from '../inference/types.js';
 
-/** The hand-set design. Sizes are in model-input pixels (half the demo's 320x240 frame). */
+/** The hand-set design (and the trained method's defaults for the architecture). Sizes are in model-input pixels (half the demo's 320x240 frame). */
 export const PARAMS = {
   inputWidth: 160,
   inputHeight: 120,
@@ -52,13 +56,41 @@ export const INPUT: InputSpec = {
   resize: 'stretch',
 };
 
-const MAP_W = PARAMS.inputWidth / PARAMS.mapPool;
-const MAP_H = PARAMS.inputHeight / PARAMS.mapPool;
+/** One branch of the detector: its response is |x - mean| * scale (per position when arrays of H x W). */
+export interface HighPassBranch {
+  /** Subtracted before the absolute value: a per-position [H*W] mean; none = 0. */
+  mean?: Float32Array;
+  /** Multiplies the absolute value: a gain, or a per-position [H*W] inverse standard deviation. */
+  scale: number | Float32Array;
+}
 
-/** The ONNX model: image [1,1,120,160] in 0..1 → map [1,1,60,80] and score [1,1], in grey levels. */
-export function buildModel(): Uint8Array {
-  const { inputWidth: W, inputHeight: H, backgroundKernel: K, coarseKernel: C, border: B, mapPool: P } = PARAMS;
-  const g = new GraphBuilder({ name: 'film-demo' });
+/**
+ * The film detector's architecture, shared by the hand-designed bundle (buildModel) and the
+ * trained one (src/train/methods/highpass-stats.ts): grey levels, detail = image minus a K x K box
+ * blur, a fine branch (the detail itself) and a coarse branch (its C x C mean), each turned into a
+ * response |x - mean| * scale, their maximum max-pooled by mapPool into the map, an optional border
+ * of the map zeroed, and the map's maximum as the score.
+ */
+export interface HighPassDesign {
+  inputWidth: number;
+  inputHeight: number;
+  backgroundKernel: number;
+  coarseKernel: number;
+  /** Model-input pixels zeroed along the edges (a multiple of mapPool); 0 = none. */
+  border: number;
+  mapPool: number;
+  fine: HighPassBranch;
+  coarse: HighPassBranch;
+  /** Graph name and model metadata. */
+  name: string;
+  producerName: string;
+  producerVersion?: string;
+  docString: string;
+}
+
+/** The detail (image minus its background) and its coarse mean, in grey levels: the two branches' inputs. */
+function addHighPass(g: GraphBuilder, d: Pick<HighPassDesign, 'inputWidth' | 'inputHeight' | 'backgroundKernel' | 'coarseKernel'>) {
+  const { inputWidth: W, inputHeight: H, backgroundKernel: K, coarseKernel: C } = d;
   // Mean over the window's pixels inside the image (no zero padding), so edges are not darkened.
   const boxBlur = (x: string, kh: number, kw: number): string =>
     g.node('AveragePool', [x], {
@@ -66,30 +98,78 @@ export function buildModel(): Uint8Array {
       pads: [kh >> 1, kw >> 1, kh >> 1, kw >> 1],
       count_include_pad: 0,
     });
-
   const image = g.input('image', 'float32', [1, 1, H, W]);
   const grey = g.node('Mul', [image, g.constant('float32', [], [255])]); // work in grey levels
   // A K x K box blur as two 1-D passes: 2K instead of K² operations per pixel.
   const background = boxBlur(boxBlur(grey, 1, K), K, 1);
   const detail = g.node('Sub', [grey, background]);
-  const fine = g.node('Abs', [detail]);
-  const coarse = g.node('Mul', [g.node('Abs', [boxBlur(detail, C, C)]), g.constant('float32', [], [PARAMS.coarseGain])]);
+  return { detail, coarse: () => boxBlur(detail, C, C) };
+}
+
+/**
+ * A graph with the high-pass branches' raw inputs as outputs, 'fine' (the detail) and 'coarse' (its
+ * C x C mean), each [1, 1, H, W] in grey levels: what training measures on good images.
+ */
+export function buildHighPassFeatures(d: Pick<HighPassDesign, 'inputWidth' | 'inputHeight' | 'backgroundKernel' | 'coarseKernel'>): Uint8Array {
+  const g = new GraphBuilder({ name: 'highpass-features' });
+  const hp = addHighPass(g, d);
+  g.node('Identity', [hp.detail], {}, { name: 'fine' });
+  g.node('Identity', [hp.coarse()], {}, { name: 'coarse' });
+  g.output('fine', 'float32', [1, 1, d.inputHeight, d.inputWidth]);
+  g.output('coarse', 'float32', [1, 1, d.inputHeight, d.inputWidth]);
+  return g.toBytes({ producerName: 'linesight-train' });
+}
+
+/** The detector: image [1,1,H,W] in 0..1 → map [1,1,H/P,W/P] and score [1,1]. */
+export function buildHighPassModel(d: HighPassDesign): Uint8Array {
+  const { inputWidth: W, inputHeight: H, border: B, mapPool: P } = d;
+  if (B % P !== 0) throw new Error(`highpass: border ${B} must be a multiple of mapPool ${P}`);
+  if (W % P !== 0 || H % P !== 0) throw new Error(`highpass: input ${W}x${H} must be a multiple of mapPool ${P}`);
+  const mapW = W / P;
+  const mapH = H / P;
+  const g = new GraphBuilder({ name: d.name });
+  const branch = (x: string, b: HighPassBranch, label: string): string => {
+    for (const a of [b.mean, b.scale]) {
+      if (a instanceof Float32Array && a.length !== W * H) throw new Error(`highpass: ${label} statistics have ${a.length} values, not ${W * H}`);
+    }
+    const centred = b.mean ? g.node('Sub', [x, g.initializer(`${label}.mean`, 'float32', [1, 1, H, W], b.mean)]) : x;
+    const a = g.node('Abs', [centred]);
+    if (typeof b.scale === 'number') return b.scale === 1 ? a : g.node('Mul', [a, g.constant('float32', [], [b.scale])]);
+    return g.node('Mul', [a, g.initializer(`${label}.scale`, 'float32', [1, 1, H, W], b.scale)]);
+  };
+
+  const hp = addHighPass(g, d);
+  const fine = branch(hp.detail, d.fine, 'fine');
+  const coarse = branch(hp.coarse(), d.coarse, 'coarse');
   const response = g.node('Max', [fine, coarse]);
-  const pooled = g.node('MaxPool', [response], { kernel_shape: [P, P], strides: [P, P] });
-  // Zero the border: cut it off, then pad it back with zeros. (After the MaxPool on purpose:
-  // onnxruntime fuses a Pad into a following pool, and a pad wider than the kernel fails to load.)
-  const b = B / P;
-  const inner = g.node('Slice', [
-    pooled,
-    g.constant('int64', [2], [b, b]),
-    g.constant('int64', [2], [MAP_H - b, MAP_W - b]),
-    g.constant('int64', [2], [2, 3]),
-  ]);
-  g.node('Pad', [inner, g.constant('int64', [8], [0, 0, b, b, 0, 0, b, b])], { mode: 'constant' }, { name: 'map' });
+  if (B > 0) {
+    const pooled = g.node('MaxPool', [response], { kernel_shape: [P, P], strides: [P, P] });
+    // Zero the border: cut it off, then pad it back with zeros. (After the MaxPool on purpose:
+    // onnxruntime fuses a Pad into a following pool, and a pad wider than the kernel fails to load.)
+    const b = B / P;
+    const inner = g.node('Slice', [
+      pooled,
+      g.constant('int64', [2], [b, b]),
+      g.constant('int64', [2], [mapH - b, mapW - b]),
+      g.constant('int64', [2], [2, 3]),
+    ]);
+    g.node('Pad', [inner, g.constant('int64', [8], [0, 0, b, b, 0, 0, b, b])], { mode: 'constant' }, { name: 'map' });
+  } else {
+    g.node('MaxPool', [response], { kernel_shape: [P, P], strides: [P, P] }, { name: 'map' });
+  }
   g.node('ReduceMax', ['map'], { axes: [2, 3], keepdims: 0 }, { name: 'score' });
-  g.output('map', 'float32', [1, 1, MAP_H, MAP_W]);
+  g.output('map', 'float32', [1, 1, mapH, mapW]);
   g.output('score', 'float32', [1, 1]);
-  return g.toBytes({
+  return g.toBytes({ producerName: d.producerName, producerVersion: d.producerVersion, docString: d.docString });
+}
+
+/** The hand-designed ONNX model: image [1,1,120,160] in 0..1 → map [1,1,60,80] and score [1,1], in grey levels. */
+export function buildModel(): Uint8Array {
+  return buildHighPassModel({
+    ...PARAMS,
+    fine: { scale: 1 },
+    coarse: { scale: PARAMS.coarseGain },
+    name: 'film-demo',
     producerName: 'linesight',
     producerVersion: '0.1.0',
     docString: 'film-demo: hand-designed high-pass anomaly detector for the synthetic film (not trained)',
@@ -201,7 +281,9 @@ export async function buildBundle(): Promise<{ onnx: Uint8Array; manifest: Model
 
 async function main(): Promise<void> {
   const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-  const dir = join(root, 'models', 'film-demo');
+  const outAt = process.argv.indexOf('--out');
+  // Not models/film-demo: that is the trained bundle now (npm run train:film).
+  const dir = outAt > 0 && process.argv[outAt + 1] ? resolve(process.argv[outAt + 1]!) : join(root, 'runs', 'film-demo-hand');
   const { onnx, manifest, evaluation } = await buildBundle();
   const json = JSON.stringify(manifest, null, 2) + '\n';
 
@@ -219,13 +301,13 @@ async function main(): Promise<void> {
       return have !== undefined && Buffer.compare(have, Buffer.from(want)) === 0;
     };
     const ok = (await same('model.onnx', onnx)) && (await same('model.json', json));
-    console.log(ok ? 'models/film-demo is up to date' : 'models/film-demo differs from what this script builds');
+    console.log(ok ? `${dir} is up to date` : `${dir} differs from what this script builds`);
     process.exitCode = ok ? 0 : 1;
   } else {
     await mkdir(dir, { recursive: true });
     await writeFile(join(dir, 'model.onnx'), onnx);
     await writeFile(join(dir, 'model.json'), json);
-    console.log(`wrote ${join('models', 'film-demo')} (model.onnx ${onnx.length} bytes, sha256 ${manifest.sha256.slice(0, 12)}…)`);
+    console.log(`wrote ${dir} (model.onnx ${onnx.length} bytes, sha256 ${manifest.sha256.slice(0, 12)}…)`);
   }
   console.log(`threshold ${manifest.threshold} (≤ ${TARGET_FALSE_REJECT_RATE * 100} % false rejects on calibration seed ${CALIBRATION.seed})`);
   console.log(`evaluation (seed ${EVALUATION.seed}, ${EVALUATION.frames} frames): ${JSON.stringify(evaluation)}`);

@@ -3,7 +3,10 @@
 //   synthetic-linear  anomaly mode: logistic regression, good vs synthetic defects painted on good images;
 //                     supervised mode adds the labelled defects
 //   features-linear   supervised mode: logistic regression, good vs labelled defects
+//   highpass-stats    anomaly mode: the film-demo high-pass detector with per-position mean and std of
+//                     its response learned from good images (score: standard deviations from good)
 import type { TrainMethod } from './types.js';
+import { highpassStats } from './methods/highpass-stats.js';
 import { patchcore } from './methods/patchcore.js';
 import { featuresLinear, syntheticLinear } from './methods/pooled-linear.js';
 
@@ -11,4 +14,5 @@ export const methods: Record<string, TrainMethod> = {
   patchcore,
   'synthetic-linear': syntheticLinear,
   'features-linear': featuresLinear,
+  'highpass-stats': highpassStats,
 };
