@@ -240,7 +240,7 @@ test('nodeMulti: Split into two named outputs runs', async () => {
   assertClose(out.hi!.data as Float32Array, [2, 3, 4]);
 });
 
-// ---- models built with the writer: the test fixtures and the film-demo bundle ------------------
+// ---- models built with the writer: the test fixtures, the film-demo bundle and its hand-designed baseline
 
 test('fixture models run and read through the heads as documented', async () => {
   const run = async (b: { onnx: Uint8Array }, dims: number[], data: Float32Array) => {
@@ -278,22 +278,41 @@ test('fixture models run and read through the heads as documented', async () => 
   assert.throws(() => applyHead(n.manifest.head, 0.5, nv, geo), /output 'score' contains NaN/);
 });
 
-test('film-demo: the committed bundle is what the script builds, and its manifest matches the model', async () => {
-  const onnx = buildModel();
-  const committed = await readFile(new URL('../../models/film-demo/model.onnx', import.meta.url));
-  assert.ok(Buffer.compare(committed, Buffer.from(onnx)) === 0, 'models/film-demo/model.onnx is stale: run npx tsx src/models/build-film-demo.ts');
+test('film-demo: the committed bundle is the trained highpass-stats model, and its manifest matches it', async () => {
+  // models/film-demo is trained (npm run train:film, method highpass-stats) on the architecture of
+  // build-film-demo.ts: the same input, the same outputs, per-position statistics learned from
+  // good frames. (Its rebuild is checked for determinism by the training pipeline's tests.)
+  const onnx = await readFile(new URL('../../models/film-demo/model.onnx', import.meta.url));
   const manifest = JSON.parse(await readFile(new URL('../../models/film-demo/model.json', import.meta.url), 'utf8'));
   assert.equal(manifest.sha256, createHash('sha256').update(onnx).digest('hex'));
   assert.deepEqual(manifest.input, INPUT);
   assert.equal(manifest.head.type, 'anomaly');
   assert.ok(manifest.threshold > 0);
+  assert.equal(manifest.provenance.createdBy, 'linesight train');
+  assert.equal(manifest.provenance.parameters.method, 'highpass-stats');
 
-  const session = await ort.InferenceSession.create(Buffer.from(onnx));
+  const session = await ort.InferenceSession.create(onnx);
   assert.deepEqual(session.inputNames, [INPUT.name]);
   assert.deepEqual([...session.outputNames].sort(), [manifest.head.mapOutput, manifest.head.scoreOutput].sort());
+
+  // Scores are standard deviations from good film: flat film stays under the threshold, a dark
+  // 2x2 speck in the middle is far above it, at its place in the 2x2 max-pooled map.
+  const [W, H] = [160, 120];
+  const run = (speck?: [number, number]) => {
+    const img = new Float32Array(W * H).fill(200 / 255);
+    if (speck) for (const [dx, dy] of [[0, 0], [1, 0], [0, 1], [1, 1]]) img[(speck[1] + dy!) * W + speck[0] + dx!] = 140 / 255;
+    return session.run({ image: new ort.Tensor('float32', img, [1, 1, H, W]) });
+  };
+  const flat = await run();
+  assert.ok((flat.score!.data as Float32Array)[0]! < manifest.threshold, `flat film scores ${(flat.score!.data as Float32Array)[0]}`);
+  const out = await run([80, 60]);
+  assert.ok((out.score!.data as Float32Array)[0]! > 3 * manifest.threshold, `speck scores ${(out.score!.data as Float32Array)[0]}`);
+  const map = out.map!.data as Float32Array;
+  assert.deepEqual(out.map!.dims, [1, 1, 60, 80]);
+  assert.equal(map.indexOf(Math.max(...map)), 30 * 80 + 40);
 });
 
-test('film-demo: flat film scores 0; a dark speck scores its contrast (grey levels) at its place; the border is masked', async () => {
+test('film-demo hand-designed baseline (buildModel): flat film scores 0; a dark speck scores its contrast (grey levels) at its place; the border is masked', async () => {
   const session = await ort.InferenceSession.create(Buffer.from(buildModel()));
   const [W, H] = [160, 120];
   const frame = (speck?: [number, number]) => {
