@@ -53,6 +53,8 @@ export interface AgentParams {
   rssEvery?: number;
   queueLimit?: number;
   maxInFlight?: number;
+  /** model.workerNice (default: the config's). */
+  workerNice?: number;
   travelMs?: number;
   pulseMs?: number;
   label?: string;
@@ -168,7 +170,7 @@ async function main(): Promise<void> {
     station: { line: 'bench', id: 'st1', stateDir },
     camera: { source: 'replay', replay: { dir: images.dir, order: 'sorted', loop: true, fps: Math.min(1000, p.fps), colour: m.manifest.input.colour === 'gray' ? 'gray' : 'rgb' } },
     trigger: p.trigger === 'freerun' ? { mode: 'freerun' } : { mode: 'gpio', gpio: { edge: 'rising', debounceMs: 0 } },
-    model: { path: m.dir, providers: ['cpu'], workers: p.workers, intraOpThreads: p.threads, queueLimit: p.queueLimit ?? 8 },
+    model: { path: m.dir, providers: ['cpu'], workers: p.workers, intraOpThreads: p.threads, queueLimit: p.queueLimit ?? 8, ...(p.workerNice !== undefined ? { workerNice: p.workerNice } : {}) },
     line: { travelMs: p.travelMs ?? 1000, pulseMs, marginMs: 20, maxInFlight: p.maxInFlight ?? 32 },
     gpio: { backend: 'sim' },
     mqtt: { url: broker.url },
