@@ -389,12 +389,11 @@ export class Agent {
     // The thread runs on CLOCK_MONOTONIC: only with the SystemClock (never a test's FakeClock), and
     // only for an output the binding really drives natively (an onoff line whose value file could
     // not be opened has none).
-    const perOutput = (gpio as { hasNativePulses?: (o: GpioOutput) => boolean }).hasNativePulses;
     const why = !canSchedulePulses(gpio)
-      ? ((gpio as { pulseEngine?: { reason: string } }).pulseEngine?.reason ?? `the ${gpio.name} binding has no native pulse engine`)
+      ? (gpio.pulseEngine?.reason ?? `the ${gpio.name} binding has no native pulse engine`)
       : !(this.clock instanceof SystemClock)
         ? 'the clock is not the system clock'
-        : perOutput && !perOutput.call(gpio, out)
+        : gpio.hasNativePulses && !gpio.hasNativePulses(out)
           ? 'this output has no native pulse engine'
           : undefined;
     if (why !== undefined || !canSchedulePulses(gpio)) {

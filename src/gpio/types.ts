@@ -38,6 +38,10 @@ export interface GpioBinding {
   openInput(spec: LineSpec, opts: { edge: Edge; debounceMs?: number }): Promise<GpioInput>;
   openOutput(spec: LineSpec, opts: { initial: 0 | 1 }): Promise<GpioOutput>;
   close(): Promise<void>;
+  /** Bindings with a native pulse engine: why it is (not) in use, for the log. */
+  readonly pulseEngine?: { reason: string };
+  /** Bindings with a native pulse engine: whether this output is driven by it (an onoff line whose value file could not be opened is not). */
+  hasNativePulses?(output: GpioOutput): boolean;
 }
 
 export class GpioError extends Error {
