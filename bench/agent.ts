@@ -51,6 +51,8 @@ export interface AgentParams {
   seconds?: number;
   parts?: number;
   rssEvery?: number;
+  /** Diagnostics: a full GC before each RSS sample (needs node --expose-gc), so the heap figure is what is retained. */
+  gcBeforeSample?: boolean;
   queueLimit?: number;
   maxInFlight?: number;
   /** model.workerNice (default: the config's). */
@@ -202,8 +204,10 @@ async function main(): Promise<void> {
     totalDecided++;
     if (part.action === 'divert') diverted.push({ gate: ms(part.t.gateNs!), decided: ms(part.t.decidedNs!) });
     if (p.rssEvery && totalDecided % p.rssEvery === 0) {
+      if (p.gcBeforeSample) (globalThis as { gc?: () => void }).gc?.();
       const mu = process.memoryUsage();
       rssSamples.push(mu.rss / 1048576);
+      if (p.gcBeforeSample) progress(`${totalDecided} parts: RSS ${(mu.rss / 1048576).toFixed(1)} MB, heap ${(mu.heapUsed / 1048576).toFixed(1)} MB, external ${(mu.external / 1048576).toFixed(1)} MB, array buffers ${(mu.arrayBuffers / 1048576).toFixed(1)} MB`);
       heapLast = mu.heapUsed / 1048576;
       if (rssSamples.length % 10 === 0) progress(`${p.model}: ${totalDecided} parts, RSS ${(mu.rss / 1048576).toFixed(1)} MB`);
     }
