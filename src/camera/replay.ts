@@ -13,6 +13,8 @@ import { hashSeed, mulberry32 } from './synthetic.js';
 import { FrameError, type FrameSource } from './types.js';
 
 const IMAGE = /\.(jpe?g|png)$/i;
+/** Free-run decodes at a time: two keep both libvips and the consumer busy on a small device. */
+const DECODE_AHEAD = 2;
 /** Folders that hold annotations, not line images (e.g. magnetic-tile's masks/, MVTec's ground_truth/). */
 const NOT_IMAGES = /^(masks?|ground[-_ ]?truth|annotations?|labels?)$/i;
 /** Folder names that mean "defect-free" in the usual data set layouts. */
@@ -95,6 +97,10 @@ export class ReplaySource implements FrameSource {
   private errors = 0;
   private root = '';
   private fit: DecodeFit | undefined;
+  /** Free-run decodes in flight, their in-order delivery, and ticks skipped because all were busy. */
+  private ahead = 0;
+  private delivery: Promise<void> = Promise.resolve();
+  private dropped = 0;
   private readonly meter: FpsMeter;
   private readonly pacer: Pacer;
   private readonly subs: Subscribers;
@@ -186,8 +192,8 @@ export class ReplaySource implements FrameSource {
     return this.subs.add(cb, onError);
   }
 
-  stats(): { frames: number; errors: number; stalls: number; restarts: number; fps: number } {
-    return { frames: this.frames, errors: this.errors, stalls: 0, restarts: 0, fps: this.meter.fps() };
+  stats(): { frames: number; errors: number; stalls: number; restarts: number; fps: number; dropped: number } {
+    return { frames: this.frames, errors: this.errors, stalls: 0, restarts: 0, fps: this.meter.fps(), dropped: this.dropped };
   }
 
   private orderFor(pass: number): ReplayItem[] {
@@ -222,19 +228,42 @@ export class ReplaySource implements FrameSource {
     else this.pacer.stop();
   }
 
-  private async freeRunTick(): Promise<void> {
-    try {
-      const frame = await this.grab();
-      if (this.started) this.subs.frame(frame);
-      // Played out (loop off): tell subscribers once, below, and stop pacing.
-      if (this.finished) throw this.finishedError();
-    } catch (err) {
-      const e = err instanceof FrameError ? err : new FrameError(String(err), 'bad_frame');
-      if (e.reason === 'bad_frame') this.log.warn('replay camera: bad image skipped', { error: e.message });
-      else this.log.info('replay camera: ' + e.message);
-      this.subs.error(e);
+  /**
+   * Free-run: each tick claims the next image and starts its decode at once; frames are delivered in
+   * order, stamped with their tick time. Up to DECODE_AHEAD decodes run at a time, so the rate is
+   * `fps`, not one over a decode's latency; a tick that finds them all busy is skipped (counted in
+   * `dropped`), as a camera drops frames nobody can take.
+   */
+  private freeRunTick(): void {
+    if (this.ahead >= DECODE_AHEAD) {
+      this.dropped++;
+      return;
     }
-    if (this.finished) this.pacer.stop();
+    const tickNs = this.deps.clock.nowNs();
+    this.ahead++;
+    const decoded = this.grab().then(
+      (frame) => ({ frame }),
+      (err: unknown) => ({ err: err instanceof FrameError ? err : new FrameError(String(err), 'bad_frame') }),
+    );
+    const last = this.finished; // the image just claimed was the last one (loop off)
+    if (last) this.pacer.stop();
+    this.delivery = this.delivery.then(async () => {
+      const r = await decoded;
+      this.ahead--;
+      if (!this.started) return;
+      if ('frame' in r) {
+        r.frame.timeNs = tickNs;
+        this.subs.frame(r.frame);
+      } else this.report(r.err);
+      // Played out: tell subscribers once, after the last image.
+      if (last) this.report(this.finishedError());
+    });
+  }
+
+  private report(e: FrameError): void {
+    if (e.reason === 'bad_frame') this.log.warn('replay camera: bad image skipped', { error: e.message });
+    else this.log.info('replay camera: ' + e.message);
+    this.subs.error(e);
   }
 }
 

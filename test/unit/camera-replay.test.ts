@@ -97,7 +97,7 @@ test('labelled folder: sorted, decoded to RGB HWC, truth from the parent folder,
   assert.ok(Math.abs(r! - 40) < 6 && Math.abs(g! - 40) < 6 && Math.abs(bl! - 200) < 6, `jpeg colour ${[r, g, bl]}`);
   assert.deepEqual(a.truth, { verdict: 'pass', defects: [] });
   assert.deepEqual(c.truth, { verdict: 'reject', defects: ['scratch'] });
-  assert.deepEqual(src.stats(), { frames: 4, errors: 0, stalls: 0, restarts: 0, fps: 0 });
+  assert.deepEqual(src.stats(), { frames: 4, errors: 0, stalls: 0, restarts: 0, fps: 0, dropped: 0 });
   const started = d.log.records.find((r) => r.msg === 'replay camera started');
   assert.equal(started?.images, 3);
   await src.stop();
@@ -292,5 +292,23 @@ test('decodeSize full: fitFor() is ignored', async () => {
   await src.start();
   src.fitFor({ width: 224, height: 224 });
   assert.equal((await src.grab()).width, 1280);
+  await src.stop();
+});
+
+test('free-run decodes ahead: two decodes at a time, delivered in order with their tick times; a tick finding both busy is dropped', async () => {
+  const clock = new FakeClock();
+  const src = new ReplaySource({ ...base, dir: path.join(root, 'many'), fps: 4 }, { clock, log: silentLogger });
+  await src.start();
+  const ev = events(src);
+  const t0 = clock.nowNs();
+  clock.advance(750); // three ticks before any decode can finish (the fake clock does not move while sharp works)
+  const a = (await ev.next()) as Frame;
+  const b = (await ev.next()) as Frame;
+  assert.deepEqual([path.basename(a.file!), path.basename(b.file!)], ['0.png', '1.png']);
+  assert.deepEqual([a.timeNs - t0, b.timeNs - t0], [250_000_000n, 500_000_000n]);
+  assert.equal(src.stats().dropped, 1);
+  clock.advance(250); // a decode slot is free again: the next image, not a skipped one
+  assert.equal(path.basename(((await ev.next()) as Frame).file!), '2.png');
+  ev.off();
   await src.stop();
 });
