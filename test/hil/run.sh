@@ -61,6 +61,11 @@ apt_install() {
 apt_install qemu-system-x86 busybox-static kmod cpio xz-utils
 command -v node >/dev/null || die "node is not installed"
 [ -d "$ROOT/node_modules" ] || die "run npm ci first ($ROOT/node_modules is missing)"
+# The guest sees the host's root over 9p but mounts its own tmpfs on /tmp and /run: a checkout
+# there is invisible to it, and every scenario would silently be missing.
+case "$(realpath "$ROOT")/" in
+  /tmp/* | /run/*) die "the checkout is under /$(realpath "$ROOT" | cut -d/ -f2)/, which the guest replaces with its own tmpfs: clone it elsewhere (e.g. /root or /srv) to run the HIL suite" ;;
+esac
 
 # ── kernel choice ────────────────────────────────────────────────────────────────────────────────
 mkdir -p "$CACHE"
