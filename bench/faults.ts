@@ -14,13 +14,13 @@
 // Without the journal wired into the agent the first two cannot be established: the script says
 // what is missing and checks what it can (no seq gaps before the last part seen of each boot).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createConnection, createServer } from 'node:net';
-import { tmpdir, userInfo } from 'node:os';
-import { delimiter, join, resolve } from 'node:path';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import mqtt from 'mqtt';
 import { readJournal, type JournalSummary } from '../src/line/journal.js';
+import { findMosquitto, startMosquitto } from '../test/helpers/broker.js';
 
 const repo = resolve(new URL('..', import.meta.url).pathname);
 const { values: args } = parseArgs({
@@ -40,90 +40,6 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 const t0 = Date.now();
 
 // ---- Mosquitto with persistence ----------------------------------------------------------------
-
-function findMosquitto(): string {
-  for (const d of [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/usr/local/sbin']) {
-    if (!d) continue;
-    try {
-      accessSync(join(d, 'mosquitto'), constants.X_OK);
-      return join(d, 'mosquitto');
-    } catch {
-      /* not here */
-    }
-  }
-  throw new Error('mosquitto not found: install it (Debian/Ubuntu: sudo apt-get install -y mosquitto)');
-}
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const a = srv.address();
-  await new Promise<void>((r) => srv.close(() => r()));
-  if (!a || typeof a !== 'object') throw new Error('no free port');
-  return a.port;
-}
-
-class Broker {
-  private proc: ChildProcess | undefined;
-  readonly url: string;
-  restarts = 0;
-  constructor(
-    private readonly bin: string,
-    private readonly dir: string,
-    readonly port: number,
-  ) {
-    this.url = `mqtt://127.0.0.1:${port}`;
-    writeFileSync(
-      join(dir, 'mosquitto.conf'),
-      [
-        `listener ${port} 127.0.0.1`,
-        'allow_anonymous true',
-        // Sessions and queued QoS 1 messages survive a restart (written on SIGTERM).
-        'persistence true',
-        `persistence_location ${dir}/`,
-        'autosave_interval 0',
-        'max_queued_messages 100000',
-        `user ${userInfo().username}`,
-        'log_dest stderr',
-        'log_type error',
-        'log_type warning',
-        '',
-      ].join('\n'),
-    );
-  }
-  async start(): Promise<void> {
-    const p = spawn(this.bin, ['-c', join(this.dir, 'mosquitto.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
-    this.proc = p;
-    let err = '';
-    p.stderr!.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-2000)));
-    const until = Date.now() + 10_000;
-    for (;;) {
-      if (p.exitCode !== null) throw new Error(`mosquitto exited: ${err}`);
-      const ok = await new Promise<boolean>((r) => {
-        const s = createConnection({ port: this.port, host: '127.0.0.1' });
-        s.once('connect', () => (s.destroy(), r(true)));
-        s.once('error', () => r(false));
-      });
-      if (ok) return;
-      if (Date.now() > until) throw new Error(`mosquitto not listening: ${err}`);
-      await sleep(25);
-    }
-  }
-  async stop(): Promise<void> {
-    const p = this.proc;
-    this.proc = undefined;
-    if (!p || p.exitCode !== null) return;
-    const exited = new Promise((r) => p.once('exit', r));
-    p.kill('SIGTERM');
-    await exited;
-  }
-  async restart(downMs: number): Promise<void> {
-    await this.stop();
-    await sleep(downMs);
-    await this.start();
-    this.restarts++;
-  }
-}
 
 // ---- the subscriber ----------------------------------------------------------------------------
 
@@ -223,15 +139,30 @@ class AgentProc {
 const work = mkdtempSync(join(tmpdir(), 'linesight-faults-'));
 const stateDir = join(work, 'state');
 const journalDir = join(stateDir, 'journal');
-const brokerDir = join(work, 'broker');
 const logDir = join(work, 'logs');
-for (const d of [stateDir, brokerDir, logDir]) mkdirSync(d, { recursive: true });
+for (const d of [stateDir, logDir]) mkdirSync(d, { recursive: true });
 const station = `fst${process.pid}`;
 const prefix = `linesight/faults/${station}/`;
 
 const bin = findMosquitto();
-const broker = new Broker(bin, brokerDir, await freePort());
-await broker.start();
+if (!bin) throw new Error('mosquitto not found: install it (Debian/Ubuntu: sudo apt-get install -y mosquitto)');
+// The tests' Mosquitto (test/helpers/broker.ts): persistence on, so sessions and queued QoS 1
+// messages survive its restarts as they do on a real broker.
+const mosquitto = await startMosquitto(bin);
+const broker = {
+  url: mosquitto.url,
+  restarts: 0,
+  stop: () => mosquitto.stop(),
+  start: async (): Promise<void> => {
+    await mosquitto.restart();
+    broker.restarts++;
+  },
+  restart: async (downMs: number): Promise<void> => {
+    await mosquitto.stop();
+    await sleep(downMs);
+    await broker.start();
+  },
+};
 const version = await new Promise<string>((r) => {
   const p = spawn(bin, ['-h'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
@@ -309,7 +240,6 @@ say(`SIGKILL agent during the broker outage (boot 2${open.length ? `, ${open.len
 await agent.start('b3');
 say('boot 3 running; broker back up');
 await broker.start();
-broker.restarts++;
 await sleep(perBootMs * 0.5);
 say('broker restart (1 s down)');
 await broker.restart(1000);
@@ -365,7 +295,7 @@ if (![...expected].every((id) => sub.got.has(id))) {
   await drain.stop();
 }
 await sub.client.endAsync();
-await broker.stop();
+await mosquitto.close();
 
 // ---- verdict -------------------------------------------------------------------------------------
 

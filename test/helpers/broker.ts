@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { freePort } from './net.js';
 import { tmpdir, userInfo } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { Aedes } from 'aedes';
@@ -40,54 +41,68 @@ export function findMosquitto(): string | undefined {
   return undefined;
 }
 
-export async function startTestBroker(): Promise<TestBroker> {
+/**
+ * The Mosquitto binary to use, or undefined for the embedded aedes broker, as LINESIGHT_TEST_BROKER
+ * says (unset: Mosquitto when installed). Throws, naming the fix, when the choice cannot be met.
+ */
+export function pickMosquitto(): string | undefined {
   const want = process.env.LINESIGHT_TEST_BROKER;
   if (want !== undefined && want !== '' && want !== 'mosquitto' && want !== 'aedes') {
     throw new Error(`LINESIGHT_TEST_BROKER='${want}': use 'mosquitto' or 'aedes' (or leave it unset to pick Mosquitto when installed)`);
   }
   const bin = want === 'aedes' ? undefined : findMosquitto();
   if (want === 'mosquitto' && !bin) throw new Error(`LINESIGHT_TEST_BROKER=mosquitto but no mosquitto binary on PATH or in /usr/sbin: ${MOSQUITTO_FIX}`);
+  return bin;
+}
+
+export async function startTestBroker(): Promise<TestBroker> {
+  const bin = pickMosquitto();
   return bin ? startMosquitto(bin) : startAedes();
 }
 
-export async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const addr = srv.address();
-  await new Promise<void>((r) => srv.close(() => r()));
-  if (!addr || typeof addr !== 'object') throw new Error('no free port');
-  return addr.port;
-}
+export { freePort };
 
-async function waitListening(port: number, proc: ChildProcess, output: () => string, timeoutMs = 10_000): Promise<void> {
+/** Plain TCP: the listener accepts a connection. */
+const tcpAccepts = (port: number): Promise<boolean> =>
+  new Promise<boolean>((resolve) => {
+    const s = createConnection({ port, host: '127.0.0.1' });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+
+async function waitListening(port: number, proc: ChildProcess, output: () => string, ready: (port: number) => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
   const until = Date.now() + timeoutMs;
   for (;;) {
     if (proc.exitCode !== null || proc.signalCode !== null) {
       throw new Error(`mosquitto exited (${proc.exitCode ?? proc.signalCode}) before listening on ${port}:\n${output()}`);
     }
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = createConnection({ port, host: '127.0.0.1' });
-      s.once('connect', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return;
+    if (await ready(port)) return;
     if (Date.now() > until) throw new Error(`mosquitto not listening on ${port} after ${timeoutMs} ms:\n${output()}`);
     await new Promise((r) => setTimeout(r, 25));
   }
 }
 
-async function startMosquitto(bin: string): Promise<TestBroker> {
+export interface MosquittoOptions {
+  /** Listener and auth lines instead of a plain anonymous listener (TLS, password file); `dir` is the broker's temp dir. */
+  listener?: (port: number, dir: string) => string[];
+  /** URL scheme clients use (default mqtt). */
+  scheme?: 'mqtt' | 'mqtts';
+  /** When the broker counts as up (default: a TCP connection is accepted). */
+  ready?: (port: number) => Promise<boolean>;
+}
+
+/** A real Mosquitto on a free port with persistence in a temp dir (sessions survive stop()/restart()). */
+export async function startMosquitto(bin: string, opts: MosquittoOptions = {}): Promise<TestBroker> {
   const dir = mkdtempSync(join(tmpdir(), 'linesight-mosquitto-'));
   const port = await freePort();
   const conf = join(dir, 'mosquitto.conf');
   writeFileSync(
     conf,
     [
-      `listener ${port} 127.0.0.1`,
-      'allow_anonymous true',
+      ...(opts.listener ? opts.listener(port, dir) : [`listener ${port} 127.0.0.1`, 'allow_anonymous true']),
       // Sessions and queued messages survive stop()/restart() as they do a real broker restart.
       'persistence true',
       `persistence_location ${dir}/`,
@@ -98,6 +113,7 @@ async function startMosquitto(bin: string): Promise<TestBroker> {
       'log_dest stderr',
       'log_type error',
       'log_type warning',
+      'log_type notice',
       '',
     ].join('\n'),
   );
@@ -113,7 +129,7 @@ async function startMosquitto(bin: string): Promise<TestBroker> {
     p.once('exit', () => process.off('exit', reap));
     p.stdout?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-4000)));
     p.stderr?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-4000)));
-    await waitListening(port, p, () => out);
+    await waitListening(port, p, () => out, opts.ready ?? tcpAccepts);
   };
   const stop = async (): Promise<void> => {
     const p = proc;
@@ -127,7 +143,7 @@ async function startMosquitto(bin: string): Promise<TestBroker> {
   };
   await launch();
   return {
-    url: `mqtt://127.0.0.1:${port}`,
+    url: `${opts.scheme ?? 'mqtt'}://127.0.0.1:${port}`,
     port,
     kind: 'mosquitto',
     stop,

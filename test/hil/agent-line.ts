@@ -21,7 +21,6 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { after, before, describe, test } from 'node:test';
@@ -31,6 +30,7 @@ import { loadNative, type V4l2Device } from '../../src/native/addon.js';
 import { ChardevGpio } from '../../src/gpio/chardev.js';
 import { resolveSysfsLine } from '../../src/gpio/sysfs.js';
 import { hilEnv, simDrive, simLevel, sleep, until, type HilEnv } from './lib.js';
+import { freePort } from '../helpers/net.js';
 
 export const PHOTO_EYE = 0;
 export const DIVERT = 1;
@@ -666,15 +666,6 @@ function wallMinusMonoAtMost(): bigint {
     if (best === undefined || bound < best) best = bound;
   }
   return best!;
-}
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const addr = srv.address();
-  await new Promise<void>((r) => srv.close(() => r()));
-  if (!addr || typeof addr !== 'object') throw new Error('no free port');
-  return addr.port;
 }
 
 /** A crashed onoff agent leaves its lines exported, which would make later scenarios' lines busy. */

@@ -9,11 +9,11 @@
 // test fails (not skips) without it.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { accessSync, constants, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as tlsConnect, createServer as createTlsServer, type TLSSocket } from 'node:tls';
-import { tmpdir, userInfo } from 'node:os';
+import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { Aedes, type AuthenticateError } from 'aedes';
 import mqtt, { type MqttClient } from 'mqtt';
@@ -22,7 +22,7 @@ import { parseConfig } from '../../src/config/load.js';
 import { memoryLogger } from '../../src/log.js';
 import type { Part } from '../../src/part.js';
 import { MqttPublisher } from '../../src/publish/mqtt.js';
-import { findMosquitto, freePort } from '../helpers/broker.js';
+import { pickMosquitto, startMosquitto } from '../helpers/broker.js';
 
 const USER = 'station-tls';
 const PASSWORD = `pw-${randomBytes(9).toString('hex')}`;
@@ -106,76 +106,41 @@ function mosquittoHash(password: string): string {
   return `$6$${salt.toString('base64')}$${hash.toString('base64')}`;
 }
 
+/** The shared test Mosquitto (test/helpers/broker.ts) with a TLS listener that wants a client certificate and a password. */
 async function startTlsMosquitto(bin: string, pki: Pki): Promise<TlsBroker> {
-  const dir = mkdtempSync(join(tmpdir(), 'linesight-mosquitto-tls-'));
-  const port = await freePort();
-  const passwd = join(dir, 'passwd');
-  const tool = findBin('mosquitto_passwd');
-  if (tool) {
-    const r = spawnSync(tool, ['-b', '-c', passwd, USER, PASSWORD], { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`mosquitto_passwd failed (${r.status ?? r.signal}): ${r.stderr}`);
-  } else {
-    writeFileSync(passwd, `${USER}:${mosquittoHash(PASSWORD)}\n`, { mode: 0o600 });
-  }
-  const conf = join(dir, 'mosquitto.conf');
-  writeFileSync(
-    conf,
-    [
-      `listener ${port} 127.0.0.1`,
-      `cafile ${pki.ca}`,
-      `certfile ${pki.serverCert}`,
-      `keyfile ${pki.serverKey}`,
-      'require_certificate true',
-      'use_identity_as_username false',
-      `password_file ${passwd}`,
-      'allow_anonymous false',
-      'persistence false',
-      // As root Mosquitto would switch to user 'mosquitto', who cannot read the temp dir.
-      `user ${userInfo().username}`,
-      'log_dest stderr',
-      'log_type error',
-      'log_type warning',
-      'log_type notice',
-      '',
-    ].join('\n'),
-  );
-  let out = '';
-  const proc: ChildProcess = spawn(bin, ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const reap = (): void => void proc.kill('SIGKILL');
-  process.once('exit', reap);
-  proc.once('exit', () => process.off('exit', reap));
-  proc.stdout?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-4000)));
-  proc.stderr?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-4000)));
-  // Listening = a TLS handshake with our client certificate completes.
-  const until = Date.now() + 10_000;
-  for (;;) {
-    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`mosquitto (TLS) exited (${proc.exitCode ?? proc.signalCode}):\n${out}`);
-    const ok = await new Promise<boolean>((resolve) => {
-      const s: TLSSocket = tlsConnect({ host: '127.0.0.1', port, ca: readFileSync(pki.ca), cert: readFileSync(pki.clientCert), key: readFileSync(pki.clientKey), servername: 'localhost' });
-      s.once('secureConnect', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) break;
-    if (Date.now() > until) throw new Error(`mosquitto (TLS) not listening on ${port} after 10 s:\n${out}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return {
-    kind: 'mosquitto',
-    url: `mqtts://127.0.0.1:${port}`,
-    close: async () => {
-      if (proc.exitCode === null && proc.signalCode === null) {
-        const exited = new Promise<void>((r) => proc.once('exit', () => r()));
-        proc.kill('SIGTERM');
-        const timer = setTimeout(() => proc.kill('SIGKILL'), 5000);
-        await exited;
-        clearTimeout(timer);
+  return startMosquitto(bin, {
+    scheme: 'mqtts',
+    listener: (port, dir) => {
+      const passwd = join(dir, 'passwd');
+      const tool = findBin('mosquitto_passwd');
+      if (tool) {
+        const r = spawnSync(tool, ['-b', '-c', passwd, USER, PASSWORD], { encoding: 'utf8' });
+        if (r.status !== 0) throw new Error(`mosquitto_passwd failed (${r.status ?? r.signal}): ${r.stderr}`);
+      } else {
+        writeFileSync(passwd, `${USER}:${mosquittoHash(PASSWORD)}\n`, { mode: 0o600 });
       }
-      rmSync(dir, { recursive: true, force: true });
+      return [
+        `listener ${port} 127.0.0.1`,
+        `cafile ${pki.ca}`,
+        `certfile ${pki.serverCert}`,
+        `keyfile ${pki.serverKey}`,
+        'require_certificate true',
+        'use_identity_as_username false',
+        `password_file ${passwd}`,
+        'allow_anonymous false',
+      ];
     },
-  };
+    // Up = a TLS handshake with our client certificate completes.
+    ready: (port) =>
+      new Promise<boolean>((resolve) => {
+        const s: TLSSocket = tlsConnect({ host: '127.0.0.1', port, ca: readFileSync(pki.ca), cert: readFileSync(pki.clientCert), key: readFileSync(pki.clientKey), servername: 'localhost' });
+        s.once('secureConnect', () => {
+          s.destroy();
+          resolve(true);
+        });
+        s.once('error', () => resolve(false));
+      }),
+  });
 }
 
 async function startTlsAedes(pki: Pki): Promise<TlsBroker> {
@@ -225,16 +190,7 @@ before(async () => {
     throw new Error('openssl not found on PATH or in /usr/bin: this test makes its certificates with it; install it (Debian/Ubuntu: sudo apt-get install -y openssl)');
   }
   pki = makePki(openssl);
-  const want = process.env.LINESIGHT_TEST_BROKER;
-  if (want !== undefined && want !== '' && want !== 'mosquitto' && want !== 'aedes') {
-    throw new Error(`LINESIGHT_TEST_BROKER='${want}': use 'mosquitto' or 'aedes' (or leave it unset to pick Mosquitto when installed)`);
-  }
-  const bin = want === 'aedes' ? undefined : findMosquitto();
-  if (want === 'mosquitto' && !bin) {
-    throw new Error(
-      'LINESIGHT_TEST_BROKER=mosquitto but no mosquitto binary on PATH or in /usr/sbin: install it (Debian/Ubuntu: sudo apt-get install -y mosquitto), or unset LINESIGHT_TEST_BROKER to fall back to the embedded aedes broker',
-    );
-  }
+  const bin = pickMosquitto();
   broker = bin ? await startTlsMosquitto(bin, pki) : await startTlsAedes(pki);
 });
 
