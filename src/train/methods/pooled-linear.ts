@@ -92,30 +92,25 @@ export function pooledLinearMethod(o: Options): TrainMethod {
       const progress = throttledProgress(ctx.progress);
       const r = rng(ctx.seed * 7919 + 17);
       let done = 0;
+      /** One training row: the frame's pooled features, its label and where it came from. */
+      const addRow = async (frame: Frame, label: 0 | 1, k: 'good' | 'real' | 'synthetic'): Promise<void> => {
+        rows.push((await runFrame(session, frame, spec, ['features']))[0]!.slice());
+        labels.push(label);
+        kind.push(k);
+        progress(++done, total, 'features');
+      };
       for (const s of goods) {
         const frame = await loadFrame(s.file, spec);
-        rows.push((await runFrame(session, frame, spec, ['features']))[0]!.slice());
-        labels.push(0);
-        kind.push('good');
-        progress(++done, total, 'features');
+        await addRow(frame, 0, 'good');
         if (!useSynthetic) continue;
         for (const k of kinds) {
           for (let j = 0; j < synthetic; j++) {
             const syn = synthesizeDefect({ width: frame.width, height: frame.height, channels: frame.channels, data: frame.data }, r, k);
-            rows.push((await runFrame(session, { ...frame, data: syn.image.data }, spec, ['features']))[0]!.slice());
-            labels.push(1);
-            kind.push('synthetic');
-            progress(++done, total, 'features');
+            await addRow({ ...frame, data: syn.image.data }, 1, 'synthetic');
           }
         }
       }
-      for (const s of defects) {
-        const frame = await loadFrame(s.file, spec);
-        rows.push((await runFrame(session, frame, spec, ['features']))[0]!.slice());
-        labels.push(1);
-        kind.push('real');
-        progress(++done, total, 'features');
-      }
+      for (const s of defects) await addRow(await loadFrame(s.file, spec), 1, 'real');
       // Real defects copied onto good images (supervised mode, with masks): counted as real.
       if (nTransplant > 0) {
         const cache = new Map<string, { image: Frame; mask: Frame }>();
@@ -133,12 +128,8 @@ export function pooledLinearMethod(o: Options): TrainMethod {
               if (c.image.channels !== frame.channels) continue;
               res = transplantDefect(frame, c.image, c.mask.data, r);
             }
-            if (res) {
-              rows.push((await runFrame(session, { ...frame, data: res.image.data }, spec, ['features']))[0]!.slice());
-              labels.push(1);
-              kind.push('real');
-            }
-            progress(++done, total, 'features');
+            if (res) await addRow({ ...frame, data: res.image.data }, 1, 'real');
+            else progress(++done, total, 'features');
           }
         }
       }
