@@ -18,6 +18,7 @@ import { rng, trainLogistic } from '../../src/train/methods/linear.js';
 import { importKerasLayers } from '../../src/train/features/keras-onnx.js';
 import type { TfjsLayersModel } from '../../src/train/features/tfjs-layers.js';
 import { GraphBuilder } from '../../src/onnx/builder.js';
+import { addFlips, meanOverViews } from '../../src/train/features/pooled.js';
 import { silentLogger } from '../../src/log.js';
 import type { FitContext, FitResult, Sample } from '../../src/train/types.js';
 
@@ -101,6 +102,7 @@ const cases: { method: string; mode: FitContext['mode']; params: Record<string, 
   { method: 'patchcore', mode: 'anomaly', params: { size: 96, bankSize: 300, candidates: 3000, projDims: 32 }, head: 'anomaly' },
   { method: 'synthetic-linear', mode: 'anomaly', params: { size: 96, synthetic: 1, epochs: 40 }, head: 'anomaly' },
   { method: 'features-linear', mode: 'supervised', params: { size: 96, epochs: 60, transplant: 1 }, head: 'classification' },
+  { method: 'features-linear', mode: 'supervised', params: { size: 96, epochs: 60, flips: 'hv', l2: 0.01 }, head: 'classification' },
 ];
 
 for (const c of cases) {
@@ -132,6 +134,29 @@ for (const c of cases) {
     await session.release();
   });
 }
+
+test('mirrored views: addFlips stacks the image and its h, v and hv mirrors; meanOverViews averages them', async () => {
+  const w = 5;
+  const h = 3;
+  const g = new GraphBuilder({ name: 'flips' });
+  const x = g.input('image', 'float32', [1, 1, h, w]);
+  const views = addFlips(g, x, w, h, 'hv');
+  g.node('Identity', [views], {}, { name: 'views' });
+  g.node('Identity', [meanOverViews(g, views)], {}, { name: 'mean' });
+  g.output('views', 'float32', [4, 1, h, w]);
+  g.output('mean', 'float32', [1, 1, h, w]);
+  const session = await ort.InferenceSession.create(Buffer.from(g.toBytes()));
+  const img = Float32Array.from({ length: w * h }, (_, i) => i * i + 1);
+  const out = await session.run({ image: new ort.Tensor('float32', img, [1, 1, h, w]) });
+  const at = (fh: boolean, fv: boolean) => Array.from({ length: w * h }, (_, i) => img[(fv ? h - 1 - Math.floor(i / w) : Math.floor(i / w)) * w + (fh ? w - 1 - (i % w) : i % w)]!);
+  const expected = [at(false, false), at(true, false), at(false, true), at(true, true)];
+  assert.deepEqual(out.views!.dims, [4, 1, h, w]);
+  assert.deepEqual(Array.from(out.views!.data as Float32Array), expected.flat());
+  const mean = Array.from({ length: w * h }, (_, i) => expected.reduce((a, v) => a + v[i]!, 0) / 4);
+  Array.from(out.mean!.data as Float32Array).forEach((v, i) => assert.ok(Math.abs(v - mean[i]!) < 1e-3, `mean[${i}] ${v} vs ${mean[i]}`));
+  assert.equal(addFlips(g, x, w, h, 'none'), x, "'none' adds nothing");
+  await session.release();
+});
 
 test('fit is deterministic for a seed', async () => {
   const params = { size: 64, synthetic: 1, epochs: 5 };

@@ -46,8 +46,8 @@ export function parsePooledLayers(spec: string): PooledLayer[] {
 }
 
 /**
- * Adds backbone + pooling to `g`; returns the [1, dims] descriptor value. `image` is
- * [1, 1|3, H, W] float32 in 0..1.
+ * Adds backbone + pooling to `g`; returns the [N, dims] descriptor value, one row per image of
+ * the batch. `image` is [N, 1|3, H, W] float32 in 0..1.
  */
 export function addPooledFeatures(g: GraphBuilder, image: string, imageChannels: 1 | 3, cfg: PooledConfig): { value: string; dims: number } {
   const model = loadNsfwjsLayersModel(cfg.backbone);
@@ -68,6 +68,35 @@ export function addPooledFeatures(g: GraphBuilder, image: string, imageChannels:
     }
   }
   const cat = parts.length === 1 ? parts[0]! : g.node('Concat', parts, { axis: 1 });
-  const value = g.node('Reshape', [cat, g.constant('int64', [2], [1, dims])]);
+  const value = g.node('Reshape', [cat, g.constant('int64', [2], [-1, dims])]);
   return { value, dims };
+}
+
+/** Mirror sets: the image as is, then its mirrored copies (h: left-right, v: top-bottom, hv: both). */
+export const FLIP_SETS = { none: [''], h: ['', 'h'], hv: ['', 'h', 'v', 'hv'] } as const;
+export type FlipSet = keyof typeof FLIP_SETS;
+
+/**
+ * [1, C, H, W] -> [k, C, H, W]: the image and its mirrored copies, stacked as a batch (ONNX Slice
+ * with step -1). Defects and good surfaces look alike mirrored, so training on the copies gives a
+ * small dataset four times the views, and averaging the copies' descriptors at inference (one
+ * batched run) removes the head's preference for where on the part a defect sits.
+ */
+export function addFlips(g: GraphBuilder, image: string, width: number, height: number, set: FlipSet): string {
+  const flips = FLIP_SETS[set];
+  if (flips.length === 1) return image;
+  const mirror = (v: string, axis: 2 | 3, size: number): string =>
+    g.node('Slice', [v, g.constant('int64', [1], [-1]), g.constant('int64', [1], [-size - 1]), g.constant('int64', [1], [axis]), g.constant('int64', [1], [-1])]);
+  const views = flips.map((f) => {
+    let v = image;
+    if (f.includes('h')) v = mirror(v, 3, width);
+    if (f.includes('v')) v = mirror(v, 2, height);
+    return v;
+  });
+  return g.node('Concat', views, { axis: 0 });
+}
+
+/** [k, dims] -> [1, dims]: the mean descriptor over the views. */
+export function meanOverViews(g: GraphBuilder, value: string): string {
+  return g.node('ReduceMean', [value], { axes: [0], keepdims: 1 });
 }

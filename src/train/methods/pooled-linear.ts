@@ -13,7 +13,7 @@
 import { GraphBuilder } from '../../onnx/builder.js';
 import type { HeadSpec } from '../../inference/types.js';
 import { WEIGHTS_ORIGIN } from '../features/embedding.js';
-import { addPooledFeatures, parsePooledLayers, type PooledConfig } from '../features/pooled.js';
+import { FLIP_SETS, addFlips, addPooledFeatures, meanOverViews, parsePooledLayers, type FlipSet, type PooledConfig } from '../features/pooled.js';
 import { createSession, loadFrame, runFrame } from '../features/runner.js';
 import { SYNTH_KINDS, synthesizeDefect, transplantDefect, type SynthKind } from '../features/synth.js';
 import type { Frame } from '../../part.js';
@@ -56,6 +56,9 @@ export function pooledLinearMethod(o: Options): TrainMethod {
       // 'sqrt': the square root of each (non-negative) pooled descriptor before standardisation
       // (power normalisation: tames the heavy tails of max / average activations).
       const power = p.string('power', 'none', ['none', 'sqrt'] as const);
+      // 'hv': every training image also counts mirrored left-right, top-bottom and both, and the
+      // exported model averages the four views' descriptors (one batched run, ~4x the compute).
+      const flips = p.string('flips', 'none', Object.keys(FLIP_SETS) as FlipSet[]);
       const parameters = p.done();
       const kinds = kindsSpec.split(',').map((k) => k.trim()) as SynthKind[];
       for (const k of kinds) if (!SYNTH_KINDS.includes(k)) throw new MethodParamError(`${o.name}: unknown synthetic kind '${k}' (${SYNTH_KINDS.join(', ')})`);
@@ -75,9 +78,10 @@ export function pooledLinearMethod(o: Options): TrainMethod {
       const channels = colour === 'gray' ? 1 : 3;
       const fg = new GraphBuilder({ name: 'features' });
       const fx = fg.input('image', 'float32', [1, channels, height, width]);
-      const feat = addPooledFeatures(fg, fx, channels, cfg);
+      const views = FLIP_SETS[flips].length;
+      const feat = addPooledFeatures(fg, addFlips(fg, fx, width, height, flips), channels, cfg);
       fg.node('Identity', [powered(fg, feat.value, power)], {}, { name: 'features' });
-      fg.output('features', 'float32', [1, feat.dims]);
+      fg.output('features', 'float32', [views, feat.dims]);
       const session = await createSession(fg.toBytes());
       const d = feat.dims;
 
@@ -92,11 +96,14 @@ export function pooledLinearMethod(o: Options): TrainMethod {
       const progress = throttledProgress(ctx.progress);
       const r = rng(ctx.seed * 7919 + 17);
       let done = 0;
-      /** One training row: the frame's pooled features, its label and where it came from. */
+      /** Training rows, one per view: the frame's pooled features, its label and where it came from. */
       const addRow = async (frame: Frame, label: 0 | 1, k: 'good' | 'real' | 'synthetic'): Promise<void> => {
-        rows.push((await runFrame(session, frame, spec, ['features']))[0]!.slice());
-        labels.push(label);
-        kind.push(k);
+        const all = (await runFrame(session, frame, spec, ['features']))[0]!;
+        for (let v = 0; v < views; v++) {
+          rows.push(all.slice(v * d, (v + 1) * d));
+          labels.push(label);
+          kind.push(k);
+        }
         progress(++done, total, 'features');
       };
       for (const s of goods) {
@@ -165,15 +172,16 @@ export function pooledLinearMethod(o: Options): TrainMethod {
       }
       const g = new GraphBuilder({ name: o.name });
       const x = g.input('image', 'float32', [1, channels, height, width]);
-      const f = addPooledFeatures(g, x, channels, cfg);
-      const logit = g.node('Gemm', [powered(g, f.value, power), g.initializer('head.w', 'float32', [d, 1], w), g.initializer('head.b', 'float32', [1], [b])]);
+      const f = addPooledFeatures(g, addFlips(g, x, width, height, flips), channels, cfg);
+      const descriptor = powered(g, f.value, power);
+      const logit = g.node('Gemm', [views > 1 ? meanOverViews(g, descriptor) : descriptor, g.initializer('head.w', 'float32', [d, 1], w), g.initializer('head.b', 'float32', [1], [b])]);
       // The logit itself (float32 sigmoid saturates at 1 for logits above ~17, which would tie
       // clear defects); the classification head applies the sigmoid in double precision.
       g.node('Identity', [logit], {}, { name: 'score' });
       g.output('score', 'float32', [1, 1]);
       const onnx = g.toBytes({
         producerName: 'linesight-train',
-        docString: `${o.name}: MobileNetV2 pooled descriptors (${layerSpec}${power === 'sqrt' ? ', square-rooted' : ''}) + logistic regression`,
+        docString: `${o.name}: MobileNetV2 pooled descriptors (${layerSpec}${power === 'sqrt' ? ', square-rooted' : ''}${views > 1 ? `, mean over ${views} mirrored views` : ''}) + logistic regression`,
       });
       const head: HeadSpec =
         ctx.mode === 'supervised'
@@ -189,7 +197,7 @@ export function pooledLinearMethod(o: Options): TrainMethod {
         onnx,
         input: spec,
         head,
-        parameters: { ...parameters, descriptorDims: d, trainGoods: nGood, trainDefects: nReal, syntheticDefects: nSyn },
+        parameters: { ...parameters, descriptorDims: d, views, trainGoods: nGood / views, trainDefects: nReal / views, syntheticDefects: nSyn / views },
         weights: [WEIGHTS_ORIGIN.mobilenet_v2],
       };
     },
