@@ -284,9 +284,11 @@ export async function decodeImageFile(
     // At least the model's input on both sides, aspect kept: libjpeg then decodes at 1/2, 1/4 or 1/8
     // scale (shrink-on-load), and the model's own resize works on a frame 4–16× smaller.
     // A letterboxing model scales the frame to fit inside its input: the frame need only cover that.
+    // Bilinear, as the model's own resize (preprocess.ts): sharp's default lanczos3 sharpens, and a
+    // model that looks at texture sees it (film-demo rejected 106 of 213 good replayed frames).
     if (opts.fit) {
       const fit = opts.fit.resize === 'letterbox' ? 'inside' : 'outside';
-      img = img.resize({ width: opts.fit.width, height: opts.fit.height, fit, withoutEnlargement: true });
+      img = img.resize({ width: opts.fit.width, height: opts.fit.height, fit, withoutEnlargement: true, kernel: 'linear' });
     }
     img = gray ? img.grayscale() : img.toColourspace('srgb');
     decoded = await img.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });

@@ -8,7 +8,9 @@ import { FakeClock } from '../../src/clock.js';
 import { memoryLogger, silentLogger } from '../../src/log.js';
 import type { Frame } from '../../src/part.js';
 import { FrameError } from '../../src/camera/types.js';
-import { ReplaySource, labelItems, shuffle, truthFromLabel } from '../../src/camera/replay.js';
+import { ReplaySource, decodeImageFile, labelItems, shuffle, truthFromLabel } from '../../src/camera/replay.js';
+import { renderFilmFrame } from '../../src/camera/synthetic.js';
+import { prepareInput } from '../../src/inference/preprocess.js';
 
 let root: string;
 const base = { dir: '', order: 'sorted' as const, loop: true, seed: 1, fps: 4, colour: 'rgb' as const };
@@ -293,6 +295,23 @@ test('decodeSize full: fitFor() is ignored', async () => {
   src.fitFor({ width: 224, height: 224 });
   assert.equal((await src.grab()).width, 1280);
   await src.stop();
+});
+
+test('decodeSize model hands the model the same pixels as full size would (bilinear, not a sharpening resize)', async () => {
+  // A 320x240 film frame for a 160x120 model: sharp decodes every pixel (no DCT scaling at 2x), so
+  // only the resize kernel could make a difference. A sharpening one (lanczos3) was 0.33 levels
+  // off on average with a third more pixel-to-pixel contrast: film-demo's false rejects went 5 -> 50 %.
+  const f = renderFilmFrame({ width: 320, height: 240, seed: 3, defectRate: 0 }, 2);
+  const file = path.join(root, 'film.jpg');
+  await sharp(Buffer.from(f.data), { raw: { width: 320, height: 240, channels: 3 } }).jpeg({ quality: 90 }).toFile(file);
+  const spec = { name: 'image', width: 160, height: 120, colour: 'gray', layout: 'nchw', dtype: 'float32' } as const;
+  const fitted = await decodeImageFile(file, { colour: 'gray', fit: { width: 160, height: 120 } });
+  const full = await decodeImageFile(file, { colour: 'gray' });
+  const a = (await prepareInput({ seq: 0, timeNs: 0n, source: 't', ...fitted }, spec)).pixels;
+  const b = (await prepareInput({ seq: 0, timeNs: 0n, source: 't', ...full }, spec)).pixels;
+  let sum = 0;
+  for (let i = 0; i < a.length; i++) sum += Math.abs(a[i]! - b[i]!);
+  assert.ok(sum / a.length <= 0.05, `mean difference ${sum / a.length}`);
 });
 
 test('free-run decodes ahead: two decodes at a time, delivered in order with their tick times; a tick finding both busy is dropped', async () => {
