@@ -27,7 +27,7 @@ function give(msg) {
     process.exit(1);
   }
   say(`${msg}`);
-  say('continuing without the addon: the agent will use onoff (GPIO), ffmpeg (camera) and systemd-notify.');
+  say('continuing without the addon: the agent will use onoff (GPIO), ffmpeg (camera), systemd-notify and sharp (JPEG).');
   process.exit(0);
 }
 
@@ -39,11 +39,20 @@ if (process.platform !== 'linux') {
   give(`skipped: the addon is Linux-only and this is ${process.platform}-${process.arch}`);
 }
 
-// The build is reused only when it was made from exactly these sources and loads in this node.
+// jpeglib.h as binding.gyp looks for it (its has_jpeglib): src/jpeg.cc is built only with it.
+function hasJpeglib() {
+  const probe = "printf '%s\\n' '#include <stdio.h>' '#include <jpeglib.h>' | ${CXX:-c++} -E -x c++ - >/dev/null 2>&1";
+  return spawnSync('sh', ['-c', probe], { stdio: 'ignore' }).status === 0;
+}
+const jpeglib = hasJpeglib();
+
+// The build is reused only when it was made from exactly these sources, with jpeglib.h found or
+// not as now (installing it later rebuilds), and loads in this node.
 function sourcesHash() {
   const h = createHash('sha256');
   const files = ['binding.gyp', ...readdirSync(join(here, 'src')).sort().map((f) => join('src', f))];
   for (const f of files) h.update(f).update(readFileSync(join(here, f)));
+  h.update(`jpeglib ${jpeglib}`);
   return h.digest('hex');
 }
 const stamp = join(here, 'build', 'Release', 'sources.sha256');
@@ -52,7 +61,7 @@ const hash = sourcesHash();
 if (!force && existsSync(stamp) && readFileSync(stamp, 'utf8').trim() === hash) {
   try {
     const addon = require('node-gyp-build')(here);
-    if (addon && addon.abi === 1) {
+    if (addon && addon.abi === 1 && (addon.jpeg?.available || !required)) {
       say('the build from these sources is already there (use --force to rebuild)');
       process.exit(0);
     }
@@ -92,11 +101,19 @@ if (r.error || r.status !== 0) {
       `(Debian/Raspberry Pi OS: sudo apt-get install build-essential python3), then: npm run build:native`,
   );
 }
+let addon;
 try {
-  const addon = require('node-gyp-build')(here);
+  addon = require('node-gyp-build')(here);
   if (!addon || addon.abi !== 1) throw new Error('unexpected exports');
 } catch (err) {
   give(`built, but the result does not load: ${err.message.split('\n')[0]}`);
 }
+// The JPEG decoder is optional (camera.replay.decodeIn: worker falls back to sharp without it),
+// except where the addon is required in full (CI).
+if (addon.jpeg?.available) say(`JPEG decoder: ${addon.jpeg.version}`);
+else if (required) {
+  say(`JPEG decoder not built: ${addon.jpeg?.reason} (fatal: LINESIGHT_NATIVE_REQUIRED is set)`);
+  process.exit(1);
+} else say(`JPEG decoder not built: ${addon.jpeg?.reason}`);
 writeFileSync(stamp, hash + '\n');
 say(`built in ${((Date.now() - started) / 1000).toFixed(1)} s`);

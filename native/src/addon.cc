@@ -1,4 +1,5 @@
-// linesight's native addon: GPIO character device, V4L2 capture, sd_notify. Linux only.
+// linesight's native addon: GPIO character device, V4L2 capture, sd_notify, JPEG decode (when
+// built with libjpeg). Linux only.
 #include "common.h"
 
 namespace linesight {
@@ -8,6 +9,16 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitGpio(env, exports);
   InitV4l2(env, exports);
   InitNotify(env, exports);
+#ifdef LINESIGHT_JPEG
+  InitJpeg(env, exports);
+#else
+  Napi::Object jpeg = Napi::Object::New(env);
+  jpeg.Set("available", false);
+  jpeg.Set("reason",
+           "the addon was built without libjpeg (jpeglib.h not found); install it (Debian: apt-get install "
+           "libjpeg62-turbo-dev) and run npm run build:native");
+  exports.Set("jpeg", jpeg);
+#endif
   exports.Set("abi", Napi::Number::New(env, 1));
   exports.Set("napiVersion", Napi::Number::New(env, NAPI_VERSION));
   return exports;

@@ -218,5 +218,6 @@ inline AddonData* Data(Napi::Env env) { return env.GetInstanceData<AddonData>();
 void InitGpio(Napi::Env env, Napi::Object exports);
 void InitV4l2(Napi::Env env, Napi::Object exports);
 void InitNotify(Napi::Env env, Napi::Object exports);
+void InitJpeg(Napi::Env env, Napi::Object exports);
 
 }  // namespace linesight

@@ -270,17 +270,18 @@ export class ReplaySource implements FrameSource {
 /**
  * An image file as a frame's pixels, as the replay camera decodes it (the bench times this very
  * function). `fit`: decode at the smallest size covering it, aspect kept (see ReplaySource.fitFor).
+ * `bytes`: the file's content when it has been read already.
  * Throws FrameError('bad_frame') naming the file and the problem.
  */
 export async function decodeImageFile(
   file: string,
-  opts: { colour: 'gray' | 'rgb'; fit?: DecodeFit | undefined },
+  opts: { colour: 'gray' | 'rgb'; fit?: DecodeFit | undefined; bytes?: Uint8Array },
 ): Promise<{ width: number; height: number; channels: 1 | 3; data: Uint8Array }> {
   const gray = opts.colour === 'gray';
   let decoded;
   try {
     // failOn 'warning': a truncated or damaged file is an error, not a half-grey frame.
-    let img = sharp(file, { failOn: 'warning', limitInputPixels: MAX_INPUT_PIXELS }).autoOrient().removeAlpha();
+    let img = sharp(opts.bytes ?? file, { failOn: 'warning', limitInputPixels: MAX_INPUT_PIXELS }).autoOrient().removeAlpha();
     // At least the model's input on both sides, aspect kept: libjpeg then decodes at 1/2, 1/4 or 1/8
     // scale (shrink-on-load), and the model's own resize works on a frame 4–16× smaller.
     // A letterboxing model scales the frame to fit inside its input: the frame need only cover that.

@@ -5,12 +5,9 @@ import { readFile } from 'node:fs/promises';
 import sharp from 'sharp';
 import { FrameError } from '../camera/types.js';
 import type { Frame } from '../part.js';
+import { MAX_INPUT_PIXELS } from './types.js';
 
-/**
- * Largest image decoded (pixels): a small compressed file can expand to gigabytes (a
- * decompression bomb through /v1/predict or a replay folder); 40 MP is far above line cameras.
- */
-export const MAX_INPUT_PIXELS = 40_000_000;
+export { MAX_INPUT_PIXELS };
 
 export interface DecodeOptions {
   colour: 'gray' | 'rgb';

@@ -1,5 +1,11 @@
 import type { Frame, ModelRef, Verdict } from '../part.js';
 
+/**
+ * Largest image decoded (pixels): a small compressed file can expand to gigabytes (a
+ * decompression bomb through /v1/predict or a replay folder); 40 MP is far above line cameras.
+ */
+export const MAX_INPUT_PIXELS = 40_000_000;
+
 // ---- The model bundle manifest (models/<name>/model.json) -------------------------------------
 
 export interface InputSpec {

@@ -1,7 +1,7 @@
-// The native addon (native/: GPIO character device, V4L2 capture, sd_notify), typed, loaded once
-// with node-gyp-build. It is optional: `npm ci` builds it from source when a C++ toolchain is
-// there, and when it cannot load, every user has a fallback (onoff for GPIO, ffmpeg for the
-// camera, systemd-notify for readiness) and says which backend it runs on.
+// The native addon (native/: GPIO character device, V4L2 capture, sd_notify, JPEG decode), typed,
+// loaded once with node-gyp-build. It is optional: `npm ci` builds it from source when a C++
+// toolchain is there, and when it cannot load, every user has a fallback (onoff for GPIO, ffmpeg
+// for the camera, systemd-notify for readiness, sharp for JPEG) and says which backend it runs on.
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
@@ -230,6 +230,31 @@ export interface NativeV4l2 {
   >;
 }
 
+export interface NativeJpegOptions {
+  colour?: 'gray' | 'rgb';
+  /** Decode at 1/2, 1/4 or 1/8 scale while still covering width x height (one side when `inside`). */
+  fit?: { width: number; height: number; inside?: boolean };
+  /** Refuse larger images (header width x height). Default 40 M. */
+  maxPixels?: number;
+}
+
+export interface NativeJpegImage {
+  width: number;
+  height: number;
+  channels: 1 | 3;
+  /** HWC pixels over an ArrayBuffer of their own (transferable). */
+  data: Uint8Array;
+  /** The DCT scaling used: decoded at 1/scale. */
+  scale: 1 | 2 | 4 | 8;
+  /** EXIF orientation found (1..8); the pixels are already turned accordingly. */
+  orientation: number;
+}
+
+/** libjpeg-turbo, synchronous (native/src/jpeg.cc); absent from builds made without jpeglib.h. */
+export type NativeJpeg =
+  | { available: true; version: string; decode(data: Uint8Array, opts?: NativeJpegOptions): NativeJpegImage }
+  | { available: false; reason: string };
+
 export interface NativeAddon {
   abi: number;
   napiVersion: number;
@@ -237,6 +262,8 @@ export interface NativeAddon {
   v4l2: NativeV4l2;
   /** sd_notify: true when sent, false when there is no NOTIFY_SOCKET. Throws on a send error. */
   notify(state: string, socketPath?: string): boolean;
+  /** Undefined in builds older than the decoder. */
+  jpeg?: NativeJpeg;
 }
 
 // ── loading ────────────────────────────────────────────────────────────────────────────────────

@@ -6,6 +6,7 @@ import { nativeStatus } from './addon.js';
 export * from './addon.js';
 export { notify, notifyBackend, formatNotify, startWatchdog, watchdogIntervalMs } from './notify.js';
 export type { NotifyBackend, NotifyOptions, NotifyResult } from './notify.js';
+export { decodeJpegSync, isJpeg, jpegStatus, type JpegDecodeOptions, type JpegFrame } from './jpeg.js';
 
 export interface NativeBackends {
   /** The addon loaded. */
