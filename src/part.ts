@@ -39,7 +39,22 @@ export interface Frame {
   source: string;
   /** File the frame came from (replay). */
   file?: string;
+  /**
+   * Not decoded yet (camera.replay.decodeIn: worker): `data` is empty and width/height are 0 until
+   * the inference worker that runs the part decodes it and the pool puts the pixels here, before
+   * the part is decided.
+   */
+  encoded?: EncodedFrame;
   truth?: GroundTruth;
+}
+
+export interface EncodedFrame {
+  /** The JPEG file's bytes. Owns its ArrayBuffer: transferred to the worker, so empty afterwards. */
+  jpeg: Uint8Array;
+  /** The model input to decode for (the replay camera's fit; undefined = every pixel). */
+  fit?: { width: number; height: number; resize?: 'stretch' | 'letterbox' } | undefined;
+  /** Told when the worker found the image bad, so the source counts it as it counts its own. */
+  onBadFrame?: () => void;
 }
 
 /** A defect region found by a head, in frame pixel coordinates. */

@@ -1,9 +1,10 @@
 // Replay: a folder of still images played as a camera, for demos, soak tests and evaluating a
 // model on a labelled data set (good/, scratch/, … folders give each frame its ground truth).
-import { readdir, stat } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
-import { MAX_INPUT_PIXELS } from '../inference/image.js';
+import { MAX_INPUT_PIXELS } from '../inference/types.js';
+import { isJpeg, jpegStatus } from '../native/jpeg.js';
 import type { Clock } from '../clock.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log.js';
@@ -84,6 +85,9 @@ export function shuffle<T>(items: readonly T[], seed: number): T[] {
 /** The model input a frame is decoded for (see FrameSource.fitFor). */
 export type DecodeFit = { width: number; height: number; resize?: 'stretch' | 'letterbox' };
 
+/** A frame's picture: its pixels, or (decodeIn 'worker') its JPEG for the inference worker. */
+type Picture = Pick<Frame, 'width' | 'height' | 'channels' | 'data' | 'encoded'>;
+
 export class ReplaySource implements FrameSource {
   readonly name = 'replay';
   private items: ReplayItem[] = [];
@@ -97,6 +101,9 @@ export class ReplaySource implements FrameSource {
   private errors = 0;
   private root = '';
   private fit: DecodeFit | undefined;
+  /** decodeIn 'worker' with a native decoder: JPEGs go to the inference worker undecoded. */
+  private toWorker = false;
+  private saidNotJpeg = false;
   /** Free-run decodes in flight, their in-order delivery, and ticks skipped because all were busy. */
   private ahead = 0;
   private delivery: Promise<void> = Promise.resolve();
@@ -149,6 +156,11 @@ export class ReplaySource implements FrameSource {
     this.finished = false;
     this.order = this.orderFor(0);
     this.started = true;
+    if (this.cfg.decodeIn === 'worker') {
+      const jpeg = jpegStatus();
+      this.toWorker = jpeg.available;
+      if (!jpeg.available) this.log.warn('replay camera: decodeIn worker, but no native JPEG decoder: decoding here (as decodeIn main)', { reason: jpeg.reason });
+    }
     const labels = [...new Set(this.items.map((i) => i.label).filter((l): l is string => !!l))];
     this.log.info('replay camera started', {
       dir: root,
@@ -209,9 +221,9 @@ export class ReplaySource implements FrameSource {
   }
 
   private async decode(item: ReplayItem): Promise<Frame> {
-    let decoded;
+    let decoded: Picture;
     try {
-      decoded = await decodeImageFile(item.file, { colour: this.cfg.colour, fit: this.fit });
+      decoded = this.toWorker ? await this.encoded(item.file) : await decodeImageFile(item.file, { colour: this.cfg.colour, fit: this.fit });
     } catch (err) {
       this.errors++;
       throw err;
@@ -221,6 +233,33 @@ export class ReplaySource implements FrameSource {
     const frame: Frame = { seq: this.seq++, timeNs: this.deps.clock.nowNs(), ...decoded, source: 'replay', file: item.file };
     if (item.label !== undefined) frame.truth = truthFromLabel(item.label);
     return frame;
+  }
+
+  /**
+   * decodeIn 'worker': the file's bytes, for the inference worker to decode (the pool fills in the
+   * pixels). Anything but a JPEG is decoded here, from the same bytes.
+   */
+  private async encoded(file: string): Promise<Picture> {
+    let bytes: Uint8Array;
+    try {
+      bytes = await readFile(file);
+    } catch (err) {
+      throw new FrameError(`replay camera: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 'bad_frame');
+    }
+    if (!isJpeg(bytes)) {
+      if (!this.saidNotJpeg) this.log.info('replay camera: decodeIn worker takes JPEGs only; other images are decoded here', { file });
+      this.saidNotJpeg = true;
+      return decodeImageFile(file, { colour: this.cfg.colour, fit: this.fit, bytes });
+    }
+    // Transferred to the worker: it must own its ArrayBuffer (a small file may sit in a shared pool).
+    if (bytes.byteOffset !== 0 || bytes.byteLength !== bytes.buffer.byteLength) bytes = new Uint8Array(bytes);
+    return {
+      width: 0,
+      height: 0,
+      channels: this.cfg.colour === 'gray' ? 1 : 3,
+      data: new Uint8Array(0),
+      encoded: { jpeg: bytes, fit: this.fit, onBadFrame: () => void this.errors++ },
+    };
   }
 
   private syncPacer(subscribers: number): void {

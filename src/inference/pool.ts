@@ -1,7 +1,9 @@
 // InferencePool: the Inspector the line uses. Frames are preprocessed on the main thread (sharp,
 // asynchronous), queued (line parts before API requests), and run on worker threads, each with
-// its own onnxruntime session, so a slow model never stalls GPIO timing, MQTT or HTTP. A worker
-// that dies fails only the request it held ('worker_crash') and is restarted with backoff.
+// its own onnxruntime session, so a slow model never stalls GPIO timing, MQTT or HTTP. A frame
+// still encoded (Frame.encoded, camera.replay.decodeIn: worker) goes to the worker as it is: the
+// worker decodes and prepares it, and its pixels come back into the frame with the verdict. A
+// worker that dies fails only the request it held ('worker_crash') and is restarted with backoff.
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { loadBundle, type ModelBundle } from './manifest.js';
@@ -14,7 +16,7 @@ import {
   type InspectorInfo,
   type ModelManifest,
 } from './types.js';
-import type { FromWorker, ProviderFailure, TestAction, ToWorker, WorkerInit } from './worker.js';
+import type { FromWorker, ProviderFailure, RunRequest, TestAction, ToWorker, WorkerInit } from './worker.js';
 import type { Frame, ModelRef } from '../part.js';
 import type { Logger } from '../log.js';
 
@@ -38,9 +40,11 @@ type Priority = 'line' | 'api';
 interface Job {
   id: number;
   priority: Priority;
-  pixels: Uint8Array;
+  /** The model input, prepared here ... */
+  prepared?: { pixels: Uint8Array; geometry: Geometry };
+  /** ... or a frame the worker decodes (Frame.encoded); its pixels are put back into it. */
+  frame?: Frame;
   channels: 1 | 3;
-  geometry: Geometry;
   preMs: number;
   queuedAt: bigint;
   queueMs?: number;
@@ -157,6 +161,12 @@ export class InferencePool implements Inspector {
     // Admission comes before the resize: above capacity (a free-run camera faster than the model)
     // a frame that is going to be refused must not cost preprocessing CPU the admitted ones need.
     const ticket = this.admit(priority);
+    if (frame.encoded && frame.data.length === 0) {
+      this.preparing.delete(ticket);
+      // Its JPEG went to a worker already, for an inspection that failed (a shadow comes after it).
+      if (frame.encoded.jpeg.byteLength === 0) throw new InferenceError(`frame ${frame.seq}: not decoded, and its JPEG was used up by a failed inspection`, 'bad_frame');
+      return this.enqueue({ priority, frame, channels: frame.channels, preMs: 0 });
+    }
     let prepared: Awaited<ReturnType<typeof prepareInput>>;
     const t0 = process.hrtime.bigint();
     try {
@@ -168,13 +178,8 @@ export class InferencePool implements Inspector {
     if (this.state !== 'running') throw new InferenceError('inference pool stopped', 'stopping');
     if (ticket.evicted) throw new InferenceError('inference queue full: API request made way for a line part', 'overload');
 
-    return new Promise<InferenceResult>((resolve, reject) => {
-      const job: Job = { id: this.nextId++, priority, ...prepared, preMs, queuedAt: process.hrtime.bigint(), resolve, reject };
-      const idle = this.slots.find((s) => s.state === 'idle');
-      if (idle) return this.dispatch(idle, job);
-      // Its place was reserved at admission.
-      this.queues[priority].push(job);
-    });
+    const { pixels, geometry, channels } = prepared;
+    return this.enqueue({ priority, prepared: { pixels, geometry }, channels, preMs });
   }
 
   info(): InspectorInfo {
@@ -242,6 +247,16 @@ export class InferencePool implements Inspector {
     api.evicted = true;
     this.preparing.delete(api);
     return true;
+  }
+
+  /** To an idle worker, or in the queue (its place was reserved at admission). */
+  private enqueue(fields: Pick<Job, 'priority' | 'prepared' | 'frame' | 'channels' | 'preMs'>): Promise<InferenceResult> {
+    return new Promise<InferenceResult>((resolve, reject) => {
+      const job: Job = { id: this.nextId++, ...fields, queuedAt: process.hrtime.bigint(), resolve, reject };
+      const idle = this.slots.find((s) => s.state === 'idle');
+      if (idle) return this.dispatch(idle, job);
+      this.queues[job.priority].push(job);
+    });
   }
 
   private newSlot(): Slot {
@@ -313,9 +328,13 @@ export class InferencePool implements Inspector {
     slot.state = 'busy';
     slot.job = job;
     job.queueMs = msSince(job.queuedAt);
-    const msg: ToWorker = { type: 'run', id: job.id, pixels: job.pixels, channels: job.channels, geometry: job.geometry };
-    // Transfer, not copy: the pixel buffer moves to the worker.
-    slot.worker!.postMessage(msg, [job.pixels.buffer as ArrayBuffer]);
+    const { id, channels, frame } = job;
+    const msg: RunRequest = job.prepared
+      ? { type: 'run', id, channels, ...job.prepared }
+      : { type: 'run', id, channels, jpeg: frame!.encoded!.jpeg, fit: frame!.encoded!.fit, file: frame!.file };
+    // Transfer, not copy: the pixels (or the JPEG) move to the worker.
+    const moved = 'pixels' in msg ? msg.pixels.buffer : msg.jpeg.buffer;
+    slot.worker!.postMessage(msg satisfies ToWorker, [moved as ArrayBuffer]);
   }
 
   /** Hands waiting jobs to idle workers, line parts first. */
@@ -335,6 +354,8 @@ export class InferencePool implements Inspector {
     if (job && job.id === msg.id) {
       if (msg.type === 'result') {
         slot.failures = 0;
+        // The worker decoded the frame: its pixels, for the archive, the operator page and the shadow.
+        if (job.frame && msg.decoded) Object.assign(job.frame, msg.decoded);
         job.resolve({
           verdict: msg.verdict,
           model: this.model!,
@@ -342,7 +363,8 @@ export class InferencePool implements Inspector {
           timings: { preprocessMs: job.preMs + msg.preMs, inferMs: msg.inferMs, postprocessMs: msg.postMs, queueMs: job.queueMs ?? 0 },
         });
       } else {
-        job.reject(new InferenceError(msg.message, 'model_error'));
+        if (msg.reason === 'bad_frame') job.frame?.encoded?.onBadFrame?.();
+        job.reject(new InferenceError(msg.message, msg.reason));
       }
     }
     this.pump();

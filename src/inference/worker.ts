@@ -3,16 +3,20 @@
 // on it. One worker = one session = one request at a time; the pool (pool.ts) does the queueing.
 //
 // Protocol: the worker starts from workerData (model bytes, manifest, providers), answers 'ready'
-// or 'init-error', then serves 'run' requests with 'result' or 'error'.
+// or 'init-error', then serves 'run' requests with 'result' or 'error'. A 'run' brings the model
+// input's pixels, prepared by the pool, or a JPEG (camera.replay.decodeIn: worker) that this thread
+// decodes and prepares itself; its pixels then go back with the result.
 import { readlinkSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { env, InferenceSession, Tensor } from 'onnxruntime-node';
 import { checkModelIO } from './manifest.js';
-import { toTensor } from './preprocess.js';
+import { jpegDecodeFit, prepareInput, toTensor } from './preprocess.js';
 import { applyHead, type Geometry, type OutputTensor } from './heads.js';
-import type { ModelManifest } from './types.js';
-import type { Verdict } from '../part.js';
+import { InferenceError, type ModelManifest } from './types.js';
+import { FrameError } from '../camera/types.js';
+import { decodeJpegSync } from '../native/jpeg.js';
+import type { EncodedFrame, Verdict } from '../part.js';
 
 export interface WorkerInit {
   model: Uint8Array;
@@ -25,8 +29,14 @@ export interface WorkerInit {
   nice?: number;
 }
 
+export type RunRequest = { type: 'run'; id: number; channels: 1 | 3 } & (
+  | { pixels: Uint8Array; geometry: Geometry }
+  /** Decoded here (channels says the colour); `file` names it in errors. */
+  | { jpeg: Uint8Array; fit: EncodedFrame['fit']; file?: string | undefined }
+);
+
 export type ToWorker =
-  | { type: 'run'; id: number; pixels: Uint8Array; channels: 1 | 3; geometry: Geometry }
+  | RunRequest
   | { type: 'test'; action: TestAction }
   /** Finish the request in progress, release the session, exit (see the pool's stop). */
   | { type: 'stop' };
@@ -46,8 +56,18 @@ export interface ProviderFailure {
 export type FromWorker =
   | { type: 'ready'; provider: string; failed: ProviderFailure[]; warmupMs: number }
   | { type: 'init-error'; message: string; failed: ProviderFailure[] }
-  | { type: 'result'; id: number; verdict: Verdict; preMs: number; inferMs: number; postMs: number }
-  | { type: 'error'; id: number; message: string };
+  | {
+      type: 'result';
+      id: number;
+      verdict: Verdict;
+      preMs: number;
+      inferMs: number;
+      postMs: number;
+      /** A JPEG request: the frame's decoded pixels (transferred). */
+      decoded?: { width: number; height: number; data: Uint8Array };
+    }
+  /** reason: the frame's fault ('bad_frame': undecodable, wrong size) or the model's. */
+  | { type: 'error'; id: number; message: string; reason: 'bad_frame' | 'model_error' };
 
 // Errors reach the pool as messages and its logger; onnxruntime's own stderr lines would break
 // the one-JSON-object-per-line log stream.
@@ -81,7 +101,7 @@ function lowerPriority(by: number): void {
 }
 let crashNext: 'crash-exit' | 'crash-throw' | undefined;
 /** Requests kept back while a test holds the worker. */
-let held: Extract<ToWorker, { type: 'run' }>[] | undefined;
+let held: RunRequest[] | undefined;
 
 // Stopping: the pool asks, and the worker exits by itself once no session.run is in progress.
 // Terminating a worker from outside while onnxruntime is inside run (or create) aborts the whole
@@ -168,6 +188,31 @@ async function infer(
   return { verdict, preMs, inferMs, postMs: ms(t) };
 }
 
+type Result = Omit<Extract<FromWorker, { type: 'result' }>, 'type' | 'id'>;
+
+/**
+ * A JPEG request: decoded synchronously on this thread (native libjpeg-turbo), so this core
+ * decodes, prepares and infers the part in turn, with no decode thread competing beside the
+ * sessions; then prepared and run as pixels are.
+ */
+async function decodeAndInfer(session: InferenceSession, msg: Extract<RunRequest, { jpeg: Uint8Array }>): Promise<Result> {
+  const t = process.hrtime.bigint();
+  let decoded;
+  try {
+    decoded = decodeJpegSync(msg.jpeg, { colour: msg.channels === 1 ? 'gray' : 'rgb', fit: jpegDecodeFit(msg.fit) });
+  } catch (err) {
+    // The replay camera's own words for a file it cannot decode.
+    throw err instanceof FrameError ? new FrameError(`replay camera: cannot decode ${msg.file ?? 'image'}: ${err.message}`, 'bad_frame') : err;
+  }
+  const prepared = await prepareInput({ seq: 0, timeNs: 0n, source: 'replay', file: msg.file, ...decoded }, manifest.input);
+  const prepMs = ms(t);
+  const r = await infer(session, prepared.pixels, prepared.channels, prepared.geometry);
+  return { ...r, preMs: r.preMs + prepMs, decoded: { width: decoded.width, height: decoded.height, data: decoded.data } };
+}
+
+/** The frame's fault, not the model's. */
+const badFrame = (err: unknown): boolean => err instanceof FrameError || (err instanceof InferenceError && err.reason === 'bad_frame');
+
 async function main(): Promise<void> {
   let provider: string;
   let failed: ProviderFailure[] = [];
@@ -203,14 +248,15 @@ async function main(): Promise<void> {
   if (stopping) return;
   send({ type: 'ready', provider, failed, warmupMs: ms(t0) });
 
-  const serve = (msg: Extract<ToWorker, { type: 'run' }>): void => {
+  const serve = (msg: RunRequest): void => {
     if (crashNext === 'crash-exit') process.exit(3);
     if (crashNext === 'crash-throw') throw new Error('inference worker: crash requested by test hook');
     running++;
-    infer(s, msg.pixels, msg.channels, msg.geometry)
+    const run = 'jpeg' in msg ? decodeAndInfer(s, msg) : infer(s, msg.pixels, msg.channels, msg.geometry);
+    run
       .then(
-        (r) => send({ type: 'result', id: msg.id, ...r }),
-        (err: unknown) => send({ type: 'error', id: msg.id, message: message(err) }),
+        (r: Result) => port.postMessage({ type: 'result', id: msg.id, ...r } satisfies FromWorker, r.decoded ? [r.decoded.data.buffer as ArrayBuffer] : []),
+        (err: unknown) => send({ type: 'error', id: msg.id, message: message(err), reason: badFrame(err) ? 'bad_frame' : 'model_error' }),
       )
       .finally(() => {
         running--;

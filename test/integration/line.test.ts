@@ -14,6 +14,7 @@ import { SimGpio } from '../../src/gpio/sim.js';
 import { renderFilmFrame } from '../../src/camera/synthetic.js';
 import { memoryLogger } from '../../src/log.js';
 import type { GroundTruth, Part } from '../../src/part.js';
+import { jpegStatus } from '../../src/native/jpeg.js';
 import { startTestBroker } from '../helpers/broker.js';
 
 type Broker = Awaited<ReturnType<typeof startTestBroker>>;
@@ -173,6 +174,61 @@ test('replay folder with a corrupt image: that part is diverted bad_frame and th
     await r.agent.stop();
     await sub.client.endAsync();
   }
+});
+
+test('replay decodeIn worker: the same verdicts as decodeIn main; a corrupt JPEG is diverted bad_frame and counted; pixels reach the listeners', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ls-replay-'));
+  mkdirSync(join(dir, 'parts'));
+  for (let i = 0; i < 6; i++) {
+    const f = renderFilmFrame({ width: 320, height: 240, seed: 7, defectRate: i % 2 }, i);
+    await sharp(Buffer.from(f.data), { raw: { width: f.width, height: f.height, channels: 3 } }).jpeg({ quality: 92 }).toFile(join(dir, 'parts', `${i}.jpg`));
+  }
+  const good = await sharp(join(dir, 'parts', '0.jpg')).toBuffer();
+  writeFileSync(join(dir, 'parts', '3b-truncated.jpg'), good.subarray(0, Math.floor(good.length / 2)));
+  await sharp({ create: { width: 320, height: 240, channels: 3, background: '#8a8a8a' } }).png().toFile(join(dir, 'parts', '9-png.png'));
+  const files = 8;
+
+  const run = async (decodeIn: 'main' | 'worker') => {
+    const r = rig({
+      camera: { source: 'replay', replay: { dir, loop: false, order: 'sorted', colour: 'gray', decodeIn } },
+      trigger: { mode: 'interval', intervalMs: 100 },
+    });
+    // The frame as the listeners (archive, operator page) get it: the loop lets it go after 'decided'.
+    const seen = new Map<string, { part: Part; width: number; height: number; pixels: number }>();
+    r.agent.bus.on('decided', (p) => seen.set(p.frame?.file ?? `(no frame) ${p.detail}`, { part: p, width: p.frame?.width ?? 0, height: p.frame?.height ?? 0, pixels: p.frame?.data.length ?? 0 }));
+    const sub = await subscribe(r.prefix);
+    try {
+      await r.agent.start();
+      await until(() => r.decided.length >= files, 20_000, `${files} parts`);
+      const metrics = await r.agent.metrics.text();
+      await r.agent.stop();
+      await until(() => r.decided.slice(0, files).every((p) => sub.messages.has(p.id)), 10_000, 'inspections over MQTT');
+      return { seen, sub, metrics, log: r.log };
+    } finally {
+      await r.agent.stop();
+      await sub.client.endAsync();
+    }
+  };
+  const main = await run('main');
+  const worker = await run('worker');
+  for (const [name, m] of [['main', main], ['worker', worker]] as const) {
+    const bad = [...m.seen.values()].filter((s) => s.part.reason === 'bad_frame');
+    assert.equal(bad.length, 1, `${name}: ${[...m.seen.keys()].join(' ')}`);
+    assert.match(bad[0]!.part.detail!, /3b-truncated\.jpg/);
+    assert.match(bad[0]!.part.detail!, /premature end of JPEG/i);
+    assert.equal(bad[0]!.part.action, 'divert');
+    assert.equal(m.sub.messages.get(bad[0]!.part.id)!.reason, 'bad_frame');
+    assert.match(m.metrics, /linesight_failsafe_total\{reason="bad_frame"\} 1\n/);
+    assert.match(m.metrics, /linesight_camera_errors 1\n/, `${name}: the camera counts the bad frame`);
+  }
+  // Every other part has a verdict, the same either way, and its pixels for the archive and the page.
+  const verdicts = (m: typeof main) => [...m.seen].filter(([, s]) => !s.part.failSafe).map(([file, s]) => `${file.split('/').pop()}:${s.part.verdict!.verdict}`).sort();
+  assert.equal(verdicts(main).length, files - 1);
+  assert.deepEqual(verdicts(worker), verdicts(main));
+  assert.ok(verdicts(main).some((v) => v.endsWith('reject')) && verdicts(main).some((v) => v.endsWith('pass')), verdicts(main).join(' '));
+  // film-demo takes 160x120 grey: decoded at 1/2 by the worker, at full size then resized by sharp.
+  for (const [file, s] of worker.seen) if (!s.part.failSafe) assert.ok(s.width >= 160 && s.pixels === s.width * s.height, `${file}: ${s.width}x${s.height}, ${s.pixels} bytes`);
+  if (jpegStatus().available) assert.ok(worker.log.records.some((l) => /JPEGs only/.test(String(l.msg))), 'the PNG was decoded on the main thread, said once');
 });
 
 test('cmd/trigger over MQTT makes a part and replies with its id', async () => {

@@ -1,6 +1,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
@@ -11,6 +11,8 @@ import { FrameError } from '../../src/camera/types.js';
 import { ReplaySource, decodeImageFile, labelItems, shuffle, truthFromLabel } from '../../src/camera/replay.js';
 import { renderFilmFrame } from '../../src/camera/synthetic.js';
 import { prepareInput } from '../../src/inference/preprocess.js';
+import { resetNativeForTests } from '../../src/native/addon.js';
+import { jpegStatus } from '../../src/native/jpeg.js';
 
 let root: string;
 const base = { dir: '', order: 'sorted' as const, loop: true, seed: 1, fps: 4, colour: 'rgb' as const };
@@ -331,3 +333,79 @@ test('free-run decodes ahead: two decodes at a time, delivered in order with the
   ev.off();
   await src.stop();
 });
+
+// ---- decodeIn: worker (the inference worker decodes JPEGs; see test/unit/native-jpeg.test.ts) -----
+
+const jpegDecoder = jpegStatus();
+
+/** A folder with a JPEG, a PNG and a file that starts like a JPEG but is cut short. */
+async function mixedDir(): Promise<string> {
+  const dir = path.join(root, 'mixed');
+  await solid(path.join(dir, 'a.jpg'), 640, 480, [90, 120, 150]);
+  await solid(path.join(dir, 'b.png'), 64, 48, [10, 20, 30]);
+  const jpg = await readFile(path.join(dir, 'a.jpg'));
+  await writeFile(path.join(dir, 'c.jpg'), jpg.subarray(0, 300));
+  return dir;
+}
+
+if (jpegDecoder.available) {
+  test('decodeIn worker: a JPEG comes undecoded, its bytes and the fit for the worker; a PNG is decoded here, said once', async () => {
+    const dir = await mixedDir();
+    const log = memoryLogger();
+    const src = new ReplaySource({ ...base, dir, decodeSize: 'model', decodeIn: 'worker' }, { clock: new FakeClock(), log });
+    await src.start();
+    src.fitFor({ width: 224, height: 224 });
+    const a = await src.grab();
+    assert.deepEqual([a.width, a.height, a.channels, a.data.length], [0, 0, 3, 0]);
+    assert.deepEqual(Buffer.from(a.encoded!.jpeg), await readFile(path.join(dir, 'a.jpg')));
+    assert.equal(a.encoded!.jpeg.buffer.byteLength, a.encoded!.jpeg.byteLength, 'owns its ArrayBuffer (transferred to the worker)');
+    assert.deepEqual(a.encoded!.fit, { width: 224, height: 224 });
+    assert.equal(a.file, path.join(dir, 'a.jpg'));
+    const b = await src.grab();
+    assert.equal(b.encoded, undefined);
+    assert.deepEqual([b.width, b.height, b.data.length], [64, 48, 64 * 48 * 3]);
+    // A cut-short JPEG is the worker's to find bad; the pool tells the source, which counts it.
+    const c = await src.grab();
+    assert.equal(c.data.length, 0);
+    assert.equal(src.stats().errors, 0);
+    c.encoded!.onBadFrame!();
+    assert.equal(src.stats().errors, 1);
+    src.fitFor(undefined); // a cropping model: the worker decodes every pixel
+    assert.equal((await src.grab()).encoded!.fit, undefined);
+    await src.grab(); // b.png again: not said twice
+    assert.equal(log.records.filter((r) => /JPEGs only/.test(String(r.msg))).length, 1);
+    await src.stop();
+  });
+}
+
+test('decodeIn worker without the native decoder: decoded here as with main, the reason logged at start', async () => {
+  const dir = await mixedDir();
+  const saved = process.env.LINESIGHT_NATIVE;
+  process.env.LINESIGHT_NATIVE = 'off';
+  resetNativeForTests();
+  try {
+    const log = memoryLogger();
+    const src = new ReplaySource({ ...base, dir, decodeSize: 'model', decodeIn: 'worker' }, { clock: new FakeClock(), log });
+    await src.start();
+    const warn = log.records.find((r) => /no native JPEG decoder/.test(String(r.msg)));
+    assert.ok(warn, JSON.stringify(log.records));
+    assert.match(String(warn.reason), /LINESIGHT_NATIVE=off/);
+    const a = await src.grab();
+    assert.equal(a.encoded, undefined);
+    assert.deepEqual([a.width, a.height], [640, 480]);
+    await src.grab();
+    await assert.rejects(src.grab(), (e: unknown) => e instanceof FrameError && e.reason === 'bad_frame' && /c\.jpg/.test(e.message));
+    assert.equal(src.stats().errors, 1);
+    await src.stop();
+  } finally {
+    if (saved === undefined) delete process.env.LINESIGHT_NATIVE;
+    else process.env.LINESIGHT_NATIVE = saved;
+    resetNativeForTests();
+  }
+});
+
+if (!jpegDecoder.available) {
+  test('no native JPEG decoder in this build: decodeIn worker falls back (above); not allowed where the addon is required', () => {
+    assert.notEqual(process.env.LINESIGHT_NATIVE_REQUIRED, '1', jpegDecoder.reason);
+  });
+}

@@ -30,6 +30,16 @@ test('every error is reported at once as path: message', () => {
   assert.equal(lines.length, 4);
 });
 
+test('camera.replay.decodeIn: main by default, worker when asked (also from the environment), anything else a path: message error', () => {
+  assert.equal(parseConfig({}).camera.replay.decodeIn, 'main');
+  assert.equal(parseConfig({ camera: { replay: { decodeIn: 'worker' } } }).camera.replay.decodeIn, 'worker');
+  assert.equal(parseConfig({}, { env: { LINESIGHT_CAMERA__REPLAY__DECODEIN: 'worker' } }).camera.replay.decodeIn, 'worker');
+  assert.throws(
+    () => parseConfig({ camera: { replay: { decodeIn: 'gpu' } } }),
+    (e: unknown) => e instanceof ConfigError && e.errors.join('\n') === 'camera.replay.decodeIn: must be one of "main", "worker" (got "gpu")',
+  );
+});
+
 test('environment overrides any key, typed by the schema', () => {
   const c = parseConfig({ mqtt: { url: 'mqtt://file:1883' } }, {
     env: { LINESIGHT_MQTT__URL: 'mqtt://env:1883', LINESIGHT_MODEL__PROVIDERS: '[cuda, cpu]', LINESIGHT_LINE__PULSEMS: '50', LINESIGHT_STATION__ID: '0042', HOME: '/root' },

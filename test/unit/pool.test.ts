@@ -15,6 +15,8 @@ import { threadsPerWorker } from '../../src/inference/pool.js';
 import { InferenceError, ModelLoadError, type InferenceResult } from '../../src/inference/types.js';
 import { memoryLogger, silentLogger, type Logger } from '../../src/log.js';
 import type { Frame } from '../../src/part.js';
+import { decodeImageFile } from '../../src/camera/replay.js';
+import { jpegStatus } from '../../src/native/jpeg.js';
 
 // ---- fixtures ---------------------------------------------------------------------------------
 
@@ -387,3 +389,77 @@ test('threadsPerWorker: configured threads win; 0 = onnxruntime default for one 
   assert.equal(threadsPerWorker(0, 2), Math.max(1, Math.floor(cores / 2)));
   assert.equal(threadsPerWorker(0, cores * 4), 1);
 });
+
+// ---- encoded frames (camera.replay.decodeIn: worker) --------------------------------------------
+
+/** A grey 128x96 JPEG: background `bg`, a 32x32 block of `spot` (score = the brightest pixel). */
+async function greyJpeg(bg: number, spot: number, at = 32): Promise<Buffer> {
+  const px = Buffer.alloc(128 * 96, bg);
+  for (let y = at; y < at + 32; y++) px.fill(spot, y * 128 + at, y * 128 + at + 32);
+  return sharp(px, { raw: { width: 128, height: 96, channels: 1 } }).jpeg({ quality: 95 }).toBuffer();
+}
+
+const encodedFrame = (jpeg: Buffer, onBadFrame?: () => void): Frame => ({
+  seq: ++seq,
+  timeNs: process.hrtime.bigint(),
+  width: 0,
+  height: 0,
+  channels: 1,
+  data: new Uint8Array(0),
+  encoded: { jpeg: new Uint8Array(jpeg), fit: { width: 8, height: 8 }, ...(onBadFrame ? { onBadFrame } : {}) },
+  source: 'replay',
+  file: '/line/part.jpg',
+});
+
+if (jpegStatus().available) {
+  test('encoded frames: the worker decodes them, same verdicts as frames decoded here, and the pixels come back into the frame', async () => {
+    const p = pool(small, { workers: 2 });
+    await p.start();
+    const images = [await greyJpeg(40, 40), await greyJpeg(40, 230), await greyJpeg(90, 200, 0), await greyJpeg(60, 100), await greyJpeg(20, 250, 64)];
+    // As the replay camera decodes on the main thread (decodeIn: main), for an 8x8 model.
+    const here = await Promise.all(images.map(async (bytes) => p.inspect({ ...encodedFrame(bytes), encoded: undefined, ...(await decodeImageFile('x.jpg', { colour: 'gray', fit: { width: 8, height: 8 }, bytes })) })));
+    const frames = images.map((bytes) => encodedFrame(bytes));
+    const there = await Promise.all(frames.map((f) => p.inspect(f)));
+    assert.deepEqual(there.map((r) => r.verdict.verdict), here.map((r) => r.verdict.verdict));
+    assert.deepEqual(here.map((r) => r.verdict.verdict), ['pass', 'reject', 'reject', 'pass', 'reject']);
+    there.forEach((r, i) => assert.ok(Math.abs(r.verdict.score - here[i]!.verdict.score) < 0.05, `image ${i}: ${r.verdict.score} vs ${here[i]!.verdict.score}`));
+    for (const f of frames) {
+      // Decoded at 1/4 (32x24: DCT scaling leaves the last 2x to the model's resize): the frame now
+      // holds those pixels; its JPEG went to the worker.
+      assert.deepEqual([f.width, f.height, f.channels, f.data.length], [32, 24, 1, 32 * 24]);
+      assert.equal(f.encoded!.jpeg.byteLength, 0, 'transferred, not copied');
+    }
+    assert.ok(there.every((r) => r.timings.preprocessMs > 0 && r.timings.inferMs > 0));
+    await p.stop();
+  });
+
+  test('a corrupt encoded frame is bad_frame, named, counted by its source; the worker goes on serving', async () => {
+    const p = pool(small);
+    await p.start();
+    const good = await greyJpeg(40, 230);
+    let bad = 0;
+    const f = encodedFrame(good.subarray(0, Math.floor(good.length / 2)), () => bad++);
+    const err = await rejection(p.inspect(f));
+    assert.equal(err.reason, 'bad_frame');
+    assert.match(err.message, /^replay camera: cannot decode \/line\/part\.jpg: JPEG: Premature end of JPEG file/);
+    assert.equal(bad, 1);
+    assert.equal(f.data.length, 0, 'no pixels for a frame that did not decode');
+    // Inspected again (a shadow model after the active one): its JPEG is gone, said so.
+    assert.match((await rejection(p.inspect(f))).message, /not decoded, and its JPEG was used up/);
+    const notJpeg = await rejection(p.inspect(encodedFrame(Buffer.from('GIF89a...'))));
+    assert.equal(notJpeg.reason, 'bad_frame');
+    assert.match(notJpeg.message, /not a JPEG/);
+    assert.equal((await p.inspect(encodedFrame(good))).verdict.verdict, 'reject');
+    assert.equal(p.info().workers, 1);
+    await p.stop();
+  });
+} else {
+  test('no native JPEG decoder: an encoded frame (never sent by the replay camera then) fails as model_error naming why', async () => {
+    const p = pool(small);
+    await p.start();
+    const err = await rejection(p.inspect(encodedFrame(await greyJpeg(40, 40))));
+    assert.equal(err.reason, 'model_error');
+    assert.match(err.message, /native JPEG decoder unavailable/);
+    await p.stop();
+  });
+}
