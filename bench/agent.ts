@@ -57,6 +57,8 @@ export interface AgentParams {
   maxInFlight?: number;
   /** model.workerNice (default: the config's). */
   workerNice?: number;
+  /** camera.replay.decodeIn (default: the config's, main): 'worker' = each inference worker decodes its part's JPEG. */
+  decodeIn?: 'main' | 'worker';
   travelMs?: number;
   pulseMs?: number;
   label?: string;
@@ -170,7 +172,10 @@ async function main(): Promise<void> {
   const log = createLogger({ level: 'warn', sink: { write: () => void logLines++ } });
   const cfg = parseConfig({
     station: { line: 'bench', id: 'st1', stateDir },
-    camera: { source: 'replay', replay: { dir: images.dir, order: 'sorted', loop: true, fps: Math.min(1000, p.fps), colour: m.manifest.input.colour === 'gray' ? 'gray' : 'rgb' } },
+    camera: {
+      source: 'replay',
+      replay: { dir: images.dir, order: 'sorted', loop: true, fps: Math.min(1000, p.fps), colour: m.manifest.input.colour === 'gray' ? 'gray' : 'rgb', ...(p.decodeIn ? { decodeIn: p.decodeIn } : {}) },
+    },
     trigger: p.trigger === 'freerun' ? { mode: 'freerun' } : { mode: 'gpio', gpio: { edge: 'rising', debounceMs: 0 } },
     model: { path: m.dir, providers: ['cpu'], workers: p.workers, intraOpThreads: p.threads, queueLimit: p.queueLimit ?? 8, ...(p.workerNice !== undefined ? { workerNice: p.workerNice } : {}) },
     line: { travelMs: p.travelMs ?? 1000, pulseMs, marginMs: 20, maxInFlight: p.maxInFlight ?? 32 },

@@ -40,7 +40,7 @@ const f = (x: number | undefined, d = 1): string => (x === undefined || !Number.
 const ratio = (a: number | undefined, b: number | undefined): number | undefined => (a !== undefined && b !== undefined && b > 0 ? a / b : undefined);
 const mark = (ok: boolean | undefined): string => (ok === undefined ? '' : ok ? ' ✓' : ' ✗');
 const row = (cells: (string | number)[]): string => `| ${cells.join(' | ')} |`;
-const settingsOf = (a: AgentResult): string => `${a.params.workers}×${a.params.threads} q${a.params.queueLimit ?? 8}`;
+const settingsOf = (a: AgentResult): string => `${a.params.workers}×${a.params.threads} q${a.params.queueLimit ?? 8}${a.params.decodeIn === 'worker' ? ', decode in worker' : ''}`;
 
 export function renderMarkdown(r: BenchReport): string {
   const out: string[] = [];

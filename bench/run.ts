@@ -4,10 +4,12 @@
 //   npm run bench                      full run (~12 min on 2 cores, half of it the 100k-part soak)
 //   npm run bench -- --quick           shorter windows, 10k-part soak, 10 load cycles (~5 min)
 //   npm run bench -- --models resnet18 --sections limits,agent
+//   npm run bench -- --models resnet18 --sections agent --decode-in worker --out bench/results/decode-worker
 //
 // Options: --quick, --models a,b (film-demo, resnet18, yolov8n), --sections limits,agent,naive,
 // soak,cycles, --soak-parts N, --cycles N, --out DIR, --no-priority (do not raise the children's
-// priority when running as root), --no-wait (do not wait for other load on the machine to settle).
+// priority when running as root), --no-wait (do not wait for other load on the machine to settle),
+// --decode-in main|worker (camera.replay.decodeIn of the agent and soak runs; default main).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { AgentParams, AgentResult } from './agent.js';
@@ -28,8 +30,10 @@ const nice = args['no-priority'] !== true && process.getuid?.() === 0 ? -10 : un
 const waitMs = args['no-wait'] === true ? 0 : quick ? 2_000 : 3_000;
 const soakParts = Number(args['soak-parts'] ?? (quick ? 10_000 : 100_000));
 const cycles = Number(args.cycles ?? (quick ? 10 : 50));
+const decodeIn = String(args['decode-in'] ?? 'main') as 'main' | 'worker';
 
 for (const m of models) if (!MODEL_KEYS.includes(m)) throw new Error(`unknown model '${m}': use ${MODEL_KEYS.join(', ')}`);
+if (decodeIn !== 'main' && decodeIn !== 'worker') throw new Error(`--decode-in ${String(decodeIn)}: use main or worker`);
 
 const t0 = Date.now();
 const log = (msg: string): void => {
@@ -54,7 +58,7 @@ async function agentRuns(m: ModelKey, lim: LimitsResult | undefined): Promise<Mo
   // Above capacity (the bound is an upper limit of it), not far above: parts beyond capacity are
   // refused fail-safe, and refusing them (an inspection message and an alarm each) is work too.
   const rate = Math.ceil(bound * 1.1);
-  const base = { model: m, warmupS: 2, seconds: quick ? 4 : 5, trigger: 'photo-eye' as const, fps: rate };
+  const base = { model: m, warmupS: 2, seconds: quick ? 4 : 5, trigger: 'photo-eye' as const, fps: rate, decodeIn };
   const settings: { workers: number; threads: number; queueLimit: number }[] = heavy
     ? [
         { workers: 2, threads: 1, queueLimit: 8 },
@@ -94,7 +98,7 @@ async function agentRuns(m: ModelKey, lim: LimitsResult | undefined): Promise<Mo
 }
 
 async function main(): Promise<void> {
-  log(`linesight bench${quick ? ' --quick' : ''}: models ${models.join(', ')}; sections ${[...sections].join(', ')}; ${CORES} cores${nice ? `; children at nice ${nice}` : ''}`);
+  log(`linesight bench${quick ? ' --quick' : ''}: models ${models.join(', ')}; sections ${[...sections].join(', ')}; ${CORES} cores${nice ? `; children at nice ${nice}` : ''}; decode in ${decodeIn}`);
   // Images and models first (cached after the first run).
   for (const m of models) {
     const imgs = await ensureImages(FRAME[m].width, FRAME[m].height, undefined, log);
@@ -135,6 +139,7 @@ async function main(): Promise<void> {
       warmupS: 2,
       parts: soakParts,
       rssEvery: 1000,
+      decodeIn,
       label: `soak ${soakParts} parts`,
     };
     log(`soak: film-demo, ${soakParts} parts at ${p.fps}/s, RSS every 1000`);

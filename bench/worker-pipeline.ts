@@ -2,22 +2,38 @@
 // N worker threads, each taking the bench's JPEG bytes, decoding them at the model's size as the
 // replay camera does (src/camera/replay.ts decodeImageFile), preparing, converting and running the
 // model on one intra-op thread, one part after the other. No loop, MQTT or outbox: a limit to compare
-// the agent with, not the agent.
+// the agent with, not the agent. --decoder native: the file read, then decoded on the worker's own
+// thread by the native libjpeg-turbo decoder, as the agent's inference worker does with
+// camera.replay.decodeIn: worker (src/inference/worker.ts); sharp (the default) decodes on libuv.
 //
-//   npx tsx bench/worker-pipeline.ts [--model resnet18|yolov8n|film-demo] [--workers 2] [--seconds 10]
+//   npx tsx bench/worker-pipeline.ts [--model resnet18|yolov8n|film-demo] [--workers 2] [--seconds 10] [--decoder sharp|native]
 import { readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 
 interface Init {
   modelDir: string;
   files: string[];
+  decoder: 'sharp' | 'native';
 }
 
 if (isMainThread) {
   const { values: a } = parseArgs({
-    options: { model: { type: 'string', default: 'resnet18' }, workers: { type: 'string', default: '2' }, seconds: { type: 'string', default: '10' } },
+    options: {
+      model: { type: 'string', default: 'resnet18' },
+      workers: { type: 'string', default: '2' },
+      seconds: { type: 'string', default: '10' },
+      decoder: { type: 'string', default: 'sharp' },
+    },
   });
+  const decoder = a.decoder as Init['decoder'];
+  if (decoder !== 'sharp' && decoder !== 'native') throw new Error(`--decoder ${decoder}: use sharp or native`);
+  if (decoder === 'native') {
+    const { jpegStatus } = await import('../src/native/jpeg.js');
+    const s = jpegStatus();
+    if (!s.available) throw new Error(`--decoder native: ${s.reason}`);
+  }
   const { ensureModel, FRAME } = await import('./models.js');
   const { ensureImages } = await import('./images.js');
   const key = a.model as 'resnet18' | 'yolov8n' | 'film-demo';
@@ -30,7 +46,7 @@ if (isMainThread) {
   const boot = `import(${JSON.stringify(tsxApi)}).then((t) => t.register()).then(() => import(${JSON.stringify(import.meta.url)}))`;
   let parts = 0;
   let ready = 0;
-  const workers = Array.from({ length: n }, () => new Worker(boot, { eval: true, workerData: { modelDir: m.dir, files: images.files } satisfies Init }));
+  const workers = Array.from({ length: n }, () => new Worker(boot, { eval: true, workerData: { modelDir: m.dir, files: images.files, decoder } satisfies Init }));
   await new Promise<void>((resolve, reject) => {
     for (const w of workers) {
       w.on('error', reject);
@@ -48,14 +64,15 @@ if (isMainThread) {
   await new Promise((r) => setTimeout(r, seconds * 1000));
   const s = (Date.now() - t0) / 1000;
   const cpu = process.cpuUsage(c0);
-  console.log(`${key}: ${n} worker(s), decode+prepare+run serially in each: ${((parts - p0) / s).toFixed(1)} parts/s, ${((cpu.user + cpu.system) / 1e6 / s).toFixed(2)} cores (${s.toFixed(1)} s)`);
+  console.log(`${key}: ${n} worker(s), ${decoder} decode+prepare+run serially in each: ${((parts - p0) / s).toFixed(1)} parts/s, ${((cpu.user + cpu.system) / 1e6 / s).toFixed(2)} cores (${s.toFixed(1)} s)`);
   for (const w of workers) w.postMessage('stop');
   await Promise.all(workers.map((w) => new Promise((r) => w.once('exit', r))));
 } else {
   const init = workerData as Init;
   const ort = await import('onnxruntime-node');
   const { decodeImageFile } = await import('../src/camera/replay.js');
-  const { prepareInput, toTensor } = await import('../src/inference/preprocess.js');
+  const { decodeJpegSync } = await import('../src/native/jpeg.js');
+  const { jpegDecodeFit, prepareInput, toTensor } = await import('../src/inference/preprocess.js');
   const manifest = JSON.parse(readFileSync(`${init.modelDir}/model.json`, 'utf8'));
   const spec = manifest.input;
   const session = await ort.InferenceSession.create(`${init.modelDir}/model.onnx`, { intraOpNumThreads: 1, graphOptimizationLevel: 'all' });
@@ -68,7 +85,9 @@ if (isMainThread) {
   await new Promise((r) => parentPort!.once('message', r));
   // Stop between parts: ending a thread inside session.run aborts the process.
   for (let i = 0; !stop; i++) {
-    const d = await decodeImageFile(init.files[i % init.files.length]!, { colour: spec.colour === 'gray' ? 'gray' : 'rgb', fit });
+    const file = init.files[i % init.files.length]!;
+    const colour = spec.colour === 'gray' ? 'gray' : 'rgb';
+    const d = init.decoder === 'native' ? decodeJpegSync(await readFile(file), { colour, fit: jpegDecodeFit(fit) }) : await decodeImageFile(file, { colour, fit });
     const prepared = await prepareInput({ seq: i, timeNs: 0n, ...d, source: 'bench' }, spec);
     const t = toTensor(prepared.pixels, prepared.channels, spec);
     await session.run({ [spec.name]: new ort.Tensor(spec.dtype, t.data, t.dims) });
