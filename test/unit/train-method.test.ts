@@ -103,6 +103,7 @@ const cases: { method: string; mode: FitContext['mode']; params: Record<string, 
   { method: 'synthetic-linear', mode: 'anomaly', params: { size: 96, synthetic: 1, epochs: 40 }, head: 'anomaly' },
   { method: 'features-linear', mode: 'supervised', params: { size: 96, epochs: 60, transplant: 1 }, head: 'classification' },
   { method: 'features-linear', mode: 'supervised', params: { size: 96, epochs: 60, flips: 'hv', l2: 0.01 }, head: 'classification' },
+  { method: 'features-linear', mode: 'supervised', params: { size: 96, epochs: 60, flips: 'hv', crops: 64, cropStep: 32 }, head: 'classification' },
 ];
 
 for (const c of cases) {
@@ -174,6 +175,33 @@ test('bad params and modes fail loudly', async () => {
   await assert.rejects(methods.patchcore!.fit(data.train, ctx('anomaly', { size: 100 }, dir)), /multiples of 32/);
   await assert.rejects(methods['features-linear']!.fit(data.train, ctx('anomaly', {}, dir)), /supervised/);
   await assert.rejects(methods['synthetic-linear']!.fit(data.train, ctx('anomaly', { syntheticKinds: 'pore,dent' }, dir)), /unknown synthetic kind/);
+  await assert.rejects(methods['features-linear']!.fit(data.train, ctx('supervised', { size: 96, crops: 48 }, dir)), /crops and cropStep must be multiples of 32/);
+  await assert.rejects(methods['features-linear']!.fit(data.train, ctx('supervised', { size: 96, crops: 128 }, dir)), /at most the input's shorter side/);
+  const unmasked = data.train.map(({ mask: _, ...s }) => s);
+  await assert.rejects(methods['features-linear']!.fit(unmasked, ctx('supervised', { size: 96, crops: 64 }, dir)), /masks/);
+});
+
+test('crops: the exported score is the whole-image logit plus the best crop logit, each over its training spread', async () => {
+  const res = await methods['features-linear']!.fit(data.train, ctx('supervised', { size: 96, epochs: 30, crops: 64, cropStep: 32 }, dir));
+  const p = res.parameters as { cropGrid: number[]; cropRows: number; cropRowsDefective: number; scoreScales: { whole: number; crops: number } };
+  assert.deepEqual(p.cropGrid, [2, 2]);
+  // 14 goods + 8 masked defects, 4 crops each; the blobs (radius 5-10 px) touch 1-4 of the 64 px crops.
+  assert.equal(p.cropRows, 22 * 4);
+  assert.ok(p.cropRowsDefective >= 8 && p.cropRowsDefective <= 32, `defective crops ${p.cropRowsDefective}`);
+  assert.ok(p.scoreScales.whole > 0 && p.scoreScales.crops > 0);
+  const half = await methods['features-linear']!.fit(data.train, ctx('supervised', { size: 96, epochs: 30, crops: 64, cropStep: 32, cropWeight: 0 }, dir));
+  const whole = await methods['features-linear']!.fit(data.train, ctx('supervised', { size: 96, epochs: 30 }, dir));
+  // cropWeight 0 leaves the whole-image logit, scaled: the same ranking as the model without crops.
+  const sHalf = await ort.InferenceSession.create(Buffer.from(half.onnx));
+  const sWhole = await ort.InferenceSession.create(Buffer.from(whole.onnx));
+  const scale = (half.parameters as typeof p).scoreScales.whole;
+  for (const smp of data.test.slice(0, 4)) {
+    const a = (await scoreOf(sHalf, half, smp.file)).score;
+    const b = (await scoreOf(sWhole, whole, smp.file)).score;
+    assert.ok(Math.abs(a - b * scale) < 1e-3 * Math.max(1, Math.abs(a)), `${smp.file}: ${a} vs ${b} x ${scale}`);
+  }
+  await sHalf.release();
+  await sWhole.release();
 });
 
 test('synthetic defects: every kind changes pixels inside its mask, deterministically', () => {

@@ -49,28 +49,50 @@ export function parsePooledLayers(spec: string): PooledLayer[] {
  * Adds backbone + pooling to `g`; returns the [N, dims] descriptor value, one row per image of
  * the batch. `image` is [N, 1|3, H, W] float32 in 0..1.
  */
-export function addPooledFeatures(g: GraphBuilder, image: string, imageChannels: 1 | 3, cfg: PooledConfig): { value: string; dims: number } {
+export function addPooledFeatures(
+  g: GraphBuilder,
+  image: string,
+  imageChannels: 1 | 3,
+  cfg: PooledConfig,
+  crops?: CropGrid,
+): { value: string; dims: number; crops?: string } {
   const model = loadNsfwjsLayersModel(cfg.backbone);
   const names = [...new Set(cfg.layers.map((l) => l.layer))];
   const maps = importKerasLayers(g, model, { input: image, inputChannels: imageChannels, outputs: names });
   const parts: string[] = [];
+  const cropParts: string[] = [];
   let dims = 0;
   for (const l of cfg.layers) {
     const m = maps.get(l.layer)!;
+    // Crops pool the same maps over windows: the backbone runs once, and each crop sees the
+    // context beyond its borders that the whole-image pass gave it.
+    const window = crops && { kernel_shape: [crops.size / m.stride, crops.size / m.stride], strides: [crops.step / m.stride, crops.step / m.stride] };
     if (l.avg) {
       parts.push(g.node('GlobalAveragePool', [m.value]));
+      if (window) cropParts.push(g.node('AveragePool', [m.value], window));
       dims += m.channels;
     }
     if (l.max) {
       const local = g.node('AveragePool', [m.value], { kernel_shape: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], count_include_pad: 0 });
       parts.push(g.node('GlobalMaxPool', [local]));
+      if (window) cropParts.push(g.node('MaxPool', [local], window));
       dims += m.channels;
     }
   }
   const cat = parts.length === 1 ? parts[0]! : g.node('Concat', parts, { axis: 1 });
   const value = g.node('Reshape', [cat, g.constant('int64', [2], [-1, dims])]);
-  return { value, dims };
+  if (!crops) return { value, dims };
+  return { value, dims, crops: cropParts.length === 1 ? cropParts[0]! : g.node('Concat', cropParts, { axis: 1 }) };
 }
+
+/** Square crops of `size` input pixels every `step` pixels (both multiples of 32, the deepest stride). */
+export interface CropGrid {
+  size: number;
+  step: number;
+}
+
+/** Crops across an input side of n pixels. */
+export const cropsAlong = (n: number, c: CropGrid): number => Math.floor((n - c.size) / c.step) + 1;
 
 /** Mirror sets: the image as is, then its mirrored copies (h: left-right, v: top-bottom, hv: both). */
 export const FLIP_SETS = { none: [''], h: ['', 'h'], hv: ['', 'h', 'v', 'hv'] } as const;

@@ -13,7 +13,8 @@
 import { GraphBuilder } from '../../onnx/builder.js';
 import type { HeadSpec } from '../../inference/types.js';
 import { WEIGHTS_ORIGIN } from '../features/embedding.js';
-import { FLIP_SETS, addFlips, addPooledFeatures, meanOverViews, parsePooledLayers, type FlipSet, type PooledConfig } from '../features/pooled.js';
+import { FLIP_SETS, addFlips, addPooledFeatures, cropsAlong, meanOverViews, parsePooledLayers, type CropGrid, type FlipSet, type PooledConfig } from '../features/pooled.js';
+import { maskGrid } from '../features/preprocess.js';
 import { createSession, loadFrame, runFrame } from '../features/runner.js';
 import { SYNTH_KINDS, synthesizeDefect, transplantDefect, type SynthKind } from '../features/synth.js';
 import type { Frame } from '../../part.js';
@@ -59,10 +60,24 @@ export function pooledLinearMethod(o: Options): TrainMethod {
       // 'hv': every training image also counts mirrored left-right, top-bottom and both, and the
       // exported model averages the four views' descriptors (one batched run, ~4x the compute).
       const flips = p.string('flips', 'none', Object.keys(FLIP_SETS) as FlipSet[]);
+      // crops > 0 (supervised, defects with masks): a second head scores square crops of that many
+      // input pixels every cropStep pixels, each labelled by its share of defect in the mask (above
+      // cropMaskMin); the image's score adds the highest crop score to the whole-image one, each
+      // divided by its spread on the training images. Small defects that the whole-image
+      // descriptor averages away stand out in their crop.
+      const crops = p.number('crops', 0, { min: 0, max: 1024, integer: true });
+      const cropStep = p.number('cropStep', crops || 32, { min: 32, max: 1024, integer: true });
+      const cropWeight = p.number('cropWeight', 1, { min: 0 });
+      const cropL2 = p.number('cropL2', 0.03, { min: 0 });
+      const cropMaskMin = p.number('cropMaskMin', 0.002, { min: 0, max: 1 });
       const parameters = p.done();
       const kinds = kindsSpec.split(',').map((k) => k.trim()) as SynthKind[];
       for (const k of kinds) if (!SYNTH_KINDS.includes(k)) throw new MethodParamError(`${o.name}: unknown synthetic kind '${k}' (${SYNTH_KINDS.join(', ')})`);
       if (width % 32 || height % 32) throw new MethodParamError(`${o.name}: width and height must be multiples of 32`);
+      const grid: CropGrid | undefined = crops > 0 ? { size: crops, step: cropStep } : undefined;
+      if (grid && (crops % 32 || cropStep % 32 || crops > Math.min(width, height))) {
+        throw new MethodParamError(`${o.name}: crops and cropStep must be multiples of 32, crops at most the input's shorter side (${Math.min(width, height)})`);
+      }
 
       const goods = train.filter((s) => s.isGood);
       const defects = ctx.mode === 'supervised' ? train.filter((s) => !s.isGood) : [];
@@ -72,6 +87,9 @@ export function pooledLinearMethod(o: Options): TrainMethod {
       if (goods.length < 2) throw new MethodParamError(`${o.name}: needs at least 2 good training images`);
       const useSynthetic = synthetic > 0 && kinds.length > 0;
       if (defects.length === 0 && !useSynthetic) throw new MethodParamError(`${o.name}: no defects to learn from (supervised mode with labelled defects, or synthetic > 0)`);
+      if (grid && !defects.some((s) => s.mask)) {
+        throw new MethodParamError(`${o.name}: crops learn where defects are from their masks: supervised mode and a dataset with masks/<class>/ (or crops: 0)`);
+      }
 
       const spec = imageInputSpec(width, height, colour, resize);
       const cfg: PooledConfig = { backbone: 'mobilenet_v2', layers: parsePooledLayers(layerSpec) };
@@ -79,11 +97,20 @@ export function pooledLinearMethod(o: Options): TrainMethod {
       const fg = new GraphBuilder({ name: 'features' });
       const fx = fg.input('image', 'float32', [1, channels, height, width]);
       const views = FLIP_SETS[flips].length;
-      const feat = addPooledFeatures(fg, addFlips(fg, fx, width, height, flips), channels, cfg);
+      const feat = addPooledFeatures(fg, addFlips(fg, fx, width, height, flips), channels, cfg, grid);
       fg.node('Identity', [powered(fg, feat.value, power)], {}, { name: 'features' });
       fg.output('features', 'float32', [views, feat.dims]);
+      const gw = grid ? cropsAlong(width, grid) : 0;
+      const gh = grid ? cropsAlong(height, grid) : 0;
+      if (grid) {
+        fg.node('Identity', [powered(fg, feat.crops!, power)], {}, { name: 'crops' });
+        fg.output('crops', 'float32', [views, feat.dims, gh, gw]);
+      }
       const session = await createSession(fg.toBytes());
       const d = feat.dims;
+      const windows = gw * gh;
+      /** Crop rows per image (views x windows of d), their labels; images without masks have none. */
+      const cropImages: { data: Float32Array; labels: Uint8Array }[] = [];
 
       // ---- descriptors: goods, real defects, synthetic defects ----
       const rows: Float32Array[] = [];
@@ -96,19 +123,47 @@ export function pooledLinearMethod(o: Options): TrainMethod {
       const progress = throttledProgress(ctx.progress);
       const r = rng(ctx.seed * 7919 + 17);
       let done = 0;
-      /** Training rows, one per view: the frame's pooled features, its label and where it came from. */
-      const addRow = async (frame: Frame, label: 0 | 1, k: 'good' | 'real' | 'synthetic'): Promise<void> => {
-        const all = (await runFrame(session, frame, spec, ['features']))[0]!;
+      /**
+       * Training rows, one per view: the frame's pooled features, its label and where it came from;
+       * with crops, also its crop descriptors labelled by `cropLabels` (per view and window).
+       */
+      const addRow = async (frame: Frame, label: 0 | 1, k: 'good' | 'real' | 'synthetic', cropLabels?: Uint8Array): Promise<void> => {
+        const [all, crop] = await runFrame(session, frame, spec, cropLabels ? ['features', 'crops'] : ['features']);
         for (let v = 0; v < views; v++) {
-          rows.push(all.slice(v * d, (v + 1) * d));
+          rows.push(all!.slice(v * d, (v + 1) * d));
           labels.push(label);
           kind.push(k);
         }
+        if (cropLabels) cropImages.push({ data: cropRows(crop!, views, d, windows), labels: cropLabels });
         progress(++done, total, 'features');
       };
+      /** Crop labels of a defective image from its mask, per view (mirrored like the view) and window. */
+      const cropLabelsOf = async (mask: string): Promise<Uint8Array> => {
+        const cell = gcd(grid!.size, grid!.step);
+        const m = await maskGrid(mask, spec, cell);
+        const out = new Uint8Array(views * windows);
+        FLIP_SETS[flips].forEach((f, v) => {
+          for (let wy = 0; wy < gh; wy++) {
+            for (let wx = 0; wx < gw; wx++) {
+              let sum = 0;
+              const n = grid!.size / cell;
+              for (let y = 0; y < n; y++) {
+                for (let x = 0; x < n; x++) {
+                  const cy = (wy * grid!.step) / cell + y;
+                  const cx = (wx * grid!.step) / cell + x;
+                  sum += m.data[(f.includes('v') ? m.height - 1 - cy : cy) * m.width + (f.includes('h') ? m.width - 1 - cx : cx)]!;
+                }
+              }
+              out[v * windows + wy * gw + wx] = sum / (n * n) > cropMaskMin ? 1 : 0;
+            }
+          }
+        });
+        return out;
+      };
+      const goodCrops = new Uint8Array(views * windows);
       for (const s of goods) {
         const frame = await loadFrame(s.file, spec);
-        await addRow(frame, 0, 'good');
+        await addRow(frame, 0, 'good', grid && goodCrops);
         if (!useSynthetic) continue;
         for (const k of kinds) {
           for (let j = 0; j < synthetic; j++) {
@@ -117,7 +172,9 @@ export function pooledLinearMethod(o: Options): TrainMethod {
           }
         }
       }
-      for (const s of defects) await addRow(await loadFrame(s.file, spec), 1, 'real');
+      // Synthetic and transplanted defects train the whole-image head only; the crop head learns
+      // from good images and real defects with masks.
+      for (const s of defects) await addRow(await loadFrame(s.file, spec), 1, 'real', grid && s.mask ? await cropLabelsOf(s.mask) : undefined);
       // Real defects copied onto good images (supervised mode, with masks): counted as real.
       if (nTransplant > 0) {
         const cache = new Map<string, { image: Frame; mask: Frame }>();
@@ -160,28 +217,69 @@ export function pooledLinearMethod(o: Options): TrainMethod {
       );
       ctx.log.info('fitting logistic regression', { method: o.name, rows: n, dims: d, goods: nGood, real: nReal, synthetic: nSyn, l2 });
       const lr = trainLogistic(X, Float32Array.from(labels), n, d, { l2, epochs, batch: 32, lr: 0.003, seed: ctx.seed, weights });
+      const head1 = foldStandardisation(lr, mean, std);
+
+      // ---- the crop head, and how the two scores are added ----
+      let crop: { head: { w: Float32Array; b: number }; gScale: number; cScale: number; rows: number; defective: number } | undefined;
+      if (grid) {
+        const nc = cropImages.length * views * windows;
+        const C = new Float32Array(nc * d);
+        const y = new Float32Array(nc);
+        cropImages.forEach((im, i) => {
+          C.set(im.data, i * views * windows * d);
+          y.set(im.labels, i * views * windows);
+        });
+        const cs = columnStats(C, nc, d);
+        for (let i = 0; i < nc; i++) for (let j = 0; j < d; j++) C[i * d + j] = (C[i * d + j]! - cs.mean[j]!) / cs.std[j]!;
+        const pos = y.reduce((a, v) => a + v, 0);
+        if (pos === 0) throw new MethodParamError(`${o.name}: no crop has more than cropMaskMin ${cropMaskMin} of defect in its mask: lower cropMaskMin or use smaller crops`);
+        ctx.log.info('fitting the crop head', { method: o.name, rows: nc, defective: pos, dims: d, l2: cropL2 });
+        const cw = Float32Array.from(y, (v) => (v ? nc / (2 * pos) : nc / (2 * (nc - pos))));
+        const head2 = foldStandardisation(trainLogistic(C, y, nc, d, { l2: cropL2, epochs, batch: 32, lr: 0.003, seed: ctx.seed, weights: cw }), cs.mean, cs.std);
+        // Each score's spread over the training images (the whole-image score: mean over views).
+        const gScores: number[] = [];
+        for (let i = 0; i < n; i += views) {
+          let z = 0;
+          for (let v = 0; v < views; v++) z += dot(head1, rows[i + v]!, 0);
+          gScores.push(z / views);
+        }
+        const cScores = cropImages.map((im) => {
+          let z = 0;
+          for (let v = 0; v < views; v++) {
+            let best = -Infinity;
+            for (let k = 0; k < windows; k++) best = Math.max(best, dot(head2, im.data, (v * windows + k) * d));
+            z += best;
+          }
+          return z / views;
+        });
+        crop = { head: head2, gScale: 1 / spread(gScores), cScale: cropWeight / spread(cScores), rows: nc, defective: pos };
+      }
       const tFit = Date.now();
 
       // ---- the exported model ----
-      // logit = sum_j w_j (f_j - mean_j) / std_j + b = f . (w / std) + (b - sum_j w_j mean_j / std_j)
-      const w = new Float32Array(d);
-      let b = lr.b;
-      for (let j = 0; j < d; j++) {
-        w[j] = lr.w[j]! / std[j]!;
-        b -= (lr.w[j]! * mean[j]!) / std[j]!;
-      }
       const g = new GraphBuilder({ name: o.name });
       const x = g.input('image', 'float32', [1, channels, height, width]);
-      const f = addPooledFeatures(g, addFlips(g, x, width, height, flips), channels, cfg);
+      const f = addPooledFeatures(g, addFlips(g, x, width, height, flips), channels, cfg, grid);
       const descriptor = powered(g, f.value, power);
-      const logit = g.node('Gemm', [views > 1 ? meanOverViews(g, descriptor) : descriptor, g.initializer('head.w', 'float32', [d, 1], w), g.initializer('head.b', 'float32', [1], [b])]);
+      let logit = g.node('Gemm', [views > 1 ? meanOverViews(g, descriptor) : descriptor, g.initializer('head.w', 'float32', [d, 1], head1.w), g.initializer('head.b', 'float32', [1], [head1.b])]);
+      if (crop) {
+        // The crop head as a 1x1 convolution over the crop grid, its max per view, the mean over views.
+        const cropMap = g.node('Conv', [powered(g, f.crops!, power), g.initializer('crop.w', 'float32', [1, d, 1, 1], crop.head.w), g.initializer('crop.b', 'float32', [1], [crop.head.b])]);
+        const best = g.node('ReduceMax', [cropMap], { axes: [2, 3], keepdims: 0 });
+        const cropScore = views > 1 ? g.node('ReduceMean', [best], { axes: [0], keepdims: 1 }) : best;
+        logit = g.node('Add', [
+          g.node('Mul', [logit, g.initializer('head.scale', 'float32', [1], [crop.gScale])]),
+          g.node('Mul', [cropScore, g.initializer('crop.scale', 'float32', [1], [crop.cScale])]),
+        ]);
+      }
       // The logit itself (float32 sigmoid saturates at 1 for logits above ~17, which would tie
-      // clear defects); the classification head applies the sigmoid in double precision.
+      // clear defects); the classification head applies the sigmoid in double precision. With
+      // crops it is the sum of the two standardised logits: a ranking, not a probability.
       g.node('Identity', [logit], {}, { name: 'score' });
       g.output('score', 'float32', [1, 1]);
       const onnx = g.toBytes({
         producerName: 'linesight-train',
-        docString: `${o.name}: MobileNetV2 pooled descriptors (${layerSpec}${power === 'sqrt' ? ', square-rooted' : ''}${views > 1 ? `, mean over ${views} mirrored views` : ''}) + logistic regression`,
+        docString: `${o.name}: MobileNetV2 pooled descriptors (${layerSpec}${power === 'sqrt' ? ', square-rooted' : ''}${views > 1 ? `, mean over ${views} mirrored views` : ''}) + logistic regression${grid ? ` + ${crops} px crops every ${cropStep} px (max crop logit)` : ''}`,
       });
       const head: HeadSpec =
         ctx.mode === 'supervised'
@@ -197,7 +295,15 @@ export function pooledLinearMethod(o: Options): TrainMethod {
         onnx,
         input: spec,
         head,
-        parameters: { ...parameters, descriptorDims: d, views, trainGoods: nGood / views, trainDefects: nReal / views, syntheticDefects: nSyn / views },
+        parameters: {
+          ...parameters,
+          descriptorDims: d,
+          views,
+          trainGoods: nGood / views,
+          trainDefects: nReal / views,
+          syntheticDefects: nSyn / views,
+          ...(crop && { cropGrid: [gw, gh], cropRows: crop.rows, cropRowsDefective: crop.defective, scoreScales: { whole: crop.gScale, crops: crop.cScale } }),
+        },
         weights: [WEIGHTS_ORIGIN.mobilenet_v2],
       };
     },
@@ -219,3 +325,42 @@ export const syntheticLinear = pooledLinearMethod({
   l2Default: { anomaly: 0.1, supervised: 0.03 },
   requiresSupervised: false,
 });
+
+/** A standardised logistic model folded onto raw descriptors: w_j / std_j, b - sum_j w_j mean_j / std_j. */
+function foldStandardisation(lr: { w: Float32Array; b: number }, mean: Float32Array, std: Float32Array): { w: Float32Array; b: number } {
+  const w = new Float32Array(mean.length);
+  let b = lr.b;
+  for (let j = 0; j < mean.length; j++) {
+    w[j] = lr.w[j]! / std[j]!;
+    b -= (lr.w[j]! * mean[j]!) / std[j]!;
+  }
+  return { w, b };
+}
+
+/** The logit of the raw descriptor at data[offset ..]. */
+function dot(h: { w: Float32Array; b: number }, data: Float32Array, offset: number): number {
+  let z = h.b;
+  for (let j = 0; j < h.w.length; j++) z += h.w[j]! * data[offset + j]!;
+  return z;
+}
+
+/** Population standard deviation, floored so a constant score cannot divide by zero. */
+function spread(a: number[]): number {
+  const m = a.reduce((x, y) => x + y, 0) / a.length;
+  return Math.max(1e-6, Math.sqrt(a.reduce((x, y) => x + (y - m) ** 2, 0) / a.length));
+}
+
+/** [views, d, gh, gw] crop descriptors -> rows of d, ordered view, then window (row-major). */
+function cropRows(crops: Float32Array, views: number, d: number, windows: number): Float32Array {
+  const out = new Float32Array(views * windows * d);
+  for (let v = 0; v < views; v++) {
+    for (let j = 0; j < d; j++) {
+      for (let k = 0; k < windows; k++) out[(v * windows + k) * d + j] = crops[(v * d + j) * windows + k]!;
+    }
+  }
+  return out;
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
+}
