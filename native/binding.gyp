@@ -10,7 +10,7 @@
       "target_name": "linesight_native",
       "conditions": [
         ["OS=='linux'", {
-          "sources": ["src/addon.cc", "src/gpio.cc", "src/v4l2.cc", "src/notify.cc"]
+          "sources": ["src/addon.cc", "src/gpio.cc", "src/v4l2.cc", "src/notify.cc", "src/resize.cc"]
         }, {
           "sources": ["src/unsupported.cc"]
         }],

@@ -1,5 +1,5 @@
 // linesight's native addon: GPIO character device, V4L2 capture, sd_notify, JPEG decode (when
-// built with libjpeg). Linux only.
+// built with libjpeg), the inference worker's resize. Linux only.
 #include "common.h"
 
 namespace linesight {
@@ -9,6 +9,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitGpio(env, exports);
   InitV4l2(env, exports);
   InitNotify(env, exports);
+  InitResize(env, exports);
 #ifdef LINESIGHT_JPEG
   InitJpeg(env, exports);
 #else

@@ -219,5 +219,6 @@ void InitGpio(Napi::Env env, Napi::Object exports);
 void InitV4l2(Napi::Env env, Napi::Object exports);
 void InitNotify(Napi::Env env, Napi::Object exports);
 void InitJpeg(Napi::Env env, Napi::Object exports);
+void InitResize(Napi::Env env, Napi::Object exports);
 
 }  // namespace linesight

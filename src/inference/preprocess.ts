@@ -2,11 +2,15 @@
 // main thread: prepareInput() does the geometry (crop, resize, letterbox) with sharp, whose work
 // runs on libvips threads while the main thread awaits; toTensor() is a pure function (colour,
 // scale/mean/std, layout) that the inference worker runs on the transferred pixel buffer.
+// prepareInputSync() is the same geometry on the calling thread (native, the same pixels), for the
+// inference worker that decodes its own frames (camera.replay.decodeIn: worker).
 import type { OutputInfo } from 'sharp';
 import { InferenceError, type InputSpec } from './types.js';
 import { inputDims } from './manifest.js';
 import type { Geometry } from './heads.js';
 import type { Frame } from '../part.js';
+import { NativeUnavailableError } from '../native/addon.js';
+import { resizeSync } from '../native/resize.js';
 
 /** Where the model input came from in the frame (heads map boxes and maps back with it). */
 export type { Geometry };
@@ -35,9 +39,11 @@ const loadSharp = async (): Promise<typeof import('sharp').default> => (await (s
 
 const badFrame = (msg: string): InferenceError => new InferenceError(msg, 'bad_frame');
 
+const frameName = (frame: Frame): string => (frame.file ? `frame ${frame.seq} (${frame.file})` : `frame ${frame.seq} from ${frame.source}`);
+
 /** Throws InferenceError('bad_frame') naming the first problem with the frame. */
 export function validateFrame(frame: Frame, spec: InputSpec): void {
-  const what = frame.file ? `frame ${frame.seq} (${frame.file})` : `frame ${frame.seq} from ${frame.source}`;
+  const what = frameName(frame);
   const { width, height, channels, data } = frame;
   for (const [k, v] of [['width', width], ['height', height]] as const) {
     if (!Number.isInteger(v) || v < 1 || v > MAX_SIDE) throw badFrame(`${what}: ${k} ${v} is not an integer in 1..${MAX_SIDE}`);
@@ -86,12 +92,53 @@ export function fitLayout(geo: Geometry): { width: number; height: number; padX:
 
 /**
  * What a JPEG is decoded to cover (DCT scaling, src/native/jpeg.ts) for a model input: twice the
- * input, so the last factor of two is this module's bilinear resize (sharp's fastShrinkOnLoad:
- * false). Scaled all the way, frames are sharper than the model saw in training: film-demo
- * (160x120) rejected 77 of 213 good 320x240 replayed film frames decoded at 1/2, 6 decoded whole.
+ * input, so the last factor of two is this module's linear resize (prepareInputSync in the worker;
+ * sharp's fastShrinkOnLoad: false). Scaled all the way, frames are sharper than the model saw in training: film-demo
+ * (160x120) rejected 77 of 213 good 320x240 replayed film frames decoded at 1/2, 6 decoded whole;
+ * still 77 with the worker's own antialiased resize (prepareInputSync), since at 1/2 there is no
+ * resize left to do (docs/performance.md, "Decode in the inference worker").
  */
 export function jpegDecodeFit<F extends { width: number; height: number }>(fit: F | undefined): F | undefined {
   return fit && { ...fit, width: 2 * fit.width, height: 2 * fit.height };
+}
+
+/** Validates the frame; where its crop lands in the input (prepareInput and prepareInputSync agree). */
+function planInput(frame: Frame, spec: InputSpec): { geometry: Geometry; crop: NonNullable<Geometry['crop']>; fit: ReturnType<typeof fitLayout> } {
+  validateFrame(frame, spec);
+  const geometry = planGeometry(frame.width, frame.height, spec);
+  return { geometry, crop: geometry.crop!, fit: fitLayout(geometry) };
+}
+
+/**
+ * prepareInput on this thread (native/src/resize.cc): the same output size, layout, letterbox grey
+ * and pixels (sharp's linear kernel: bit-exact when shrinking, within one level when enlarging).
+ * Synchronous CPU work for an inference worker thread, never the main thread of a running line.
+ * Throws InferenceError('bad_frame') as prepareInput does, NativeUnavailableError without the
+ * native resize (an addon built before it had one).
+ */
+export function prepareInputSync(frame: Frame, spec: InputSpec): PreparedInput {
+  const { geometry, crop, fit } = planInput(frame, spec);
+  const { width, height, channels } = frame;
+  let pixels: Uint8Array;
+  try {
+    pixels = resizeSync(frame.data, {
+      width,
+      height,
+      channels,
+      crop,
+      scaledWidth: fit.width,
+      scaledHeight: fit.height,
+      outWidth: spec.width,
+      outHeight: spec.height,
+      padX: fit.padX,
+      padY: fit.padY,
+      fill: LETTERBOX_GREY,
+    });
+  } catch (err) {
+    if (err instanceof NativeUnavailableError) throw err;
+    throw badFrame(`${frameName(frame)}: resize failed: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  return { pixels, channels, geometry };
 }
 
 /**
@@ -99,10 +146,7 @@ export function jpegDecodeFit<F extends { width: number; height: number }>(fit: 
  * work). Keeps the frame's channel count; colour conversion happens in toTensor().
  */
 export async function prepareInput(frame: Frame, spec: InputSpec): Promise<PreparedInput> {
-  validateFrame(frame, spec);
-  const geometry = planGeometry(frame.width, frame.height, spec);
-  const crop = geometry.crop!;
-  const fit = fitLayout(geometry);
+  const { geometry, crop, fit } = planInput(frame, spec);
   const channels = frame.channels;
   const { width: scaledW, height: scaledH } = fit;
   const wholeFrame = crop.x === 0 && crop.y === 0 && crop.width === frame.width && crop.height === frame.height;

@@ -1,7 +1,8 @@
-// The native addon (native/: GPIO character device, V4L2 capture, sd_notify, JPEG decode), typed,
-// loaded once with node-gyp-build. It is optional: `npm ci` builds it from source when a C++
+// The native addon (native/: GPIO character device, V4L2 capture, sd_notify, JPEG decode, resize),
+// typed, loaded once with node-gyp-build. It is optional: `npm ci` builds it from source when a C++
 // toolchain is there, and when it cannot load, every user has a fallback (onoff for GPIO, ffmpeg
-// for the camera, systemd-notify for readiness, sharp for JPEG) and says which backend it runs on.
+// for the camera, systemd-notify for readiness, sharp for JPEG and resize) and says which backend
+// it runs on.
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
@@ -255,6 +256,24 @@ export type NativeJpeg =
   | { available: true; version: string; decode(data: Uint8Array, opts?: NativeJpegOptions): NativeJpegImage }
   | { available: false; reason: string };
 
+/**
+ * native/src/resize.cc: the crop, resized to scaledWidth x scaledHeight as sharp's linear kernel
+ * does it, placed at (padX, padY) on an outWidth x outHeight background of `fill`.
+ */
+export interface NativeResizeOptions {
+  width: number;
+  height: number;
+  channels: 1 | 3;
+  crop: { x: number; y: number; width: number; height: number };
+  scaledWidth: number;
+  scaledHeight: number;
+  outWidth: number;
+  outHeight: number;
+  padX: number;
+  padY: number;
+  fill: number;
+}
+
 export interface NativeAddon {
   abi: number;
   napiVersion: number;
@@ -264,6 +283,8 @@ export interface NativeAddon {
   notify(state: string, socketPath?: string): boolean;
   /** Undefined in builds older than the decoder. */
   jpeg?: NativeJpeg;
+  /** Synchronous crop + resize + letterbox (HWC uint8, into a fresh ArrayBuffer); undefined in older builds. */
+  resize?(data: Uint8Array, opts: NativeResizeOptions): Uint8Array;
 }
 
 // ── loading ────────────────────────────────────────────────────────────────────────────────────
