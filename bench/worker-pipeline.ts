@@ -2,9 +2,10 @@
 // N worker threads, each taking the bench's JPEG bytes, decoding them at the model's size as the
 // replay camera does (src/camera/replay.ts decodeImageFile), preparing, converting and running the
 // model on one intra-op thread, one part after the other. No loop, MQTT or outbox: a limit to compare
-// the agent with, not the agent. --decoder native: the file read, then decoded on the worker's own
-// thread by the native libjpeg-turbo decoder, as the agent's inference worker does with
-// camera.replay.decodeIn: worker (src/inference/worker.ts); sharp (the default) decodes on libuv.
+// the agent with, not the agent. --decoder native: the file read, then decoded and resized on the
+// worker's own thread by the native addon (libjpeg-turbo, prepareInputSync), as the agent's
+// inference worker does with camera.replay.decodeIn: worker (src/inference/worker.ts); sharp (the
+// default) decodes and resizes on libuv threads.
 //
 //   npx tsx bench/worker-pipeline.ts [--model resnet18|yolov8n|film-demo] [--workers 2] [--seconds 10] [--decoder sharp|native]
 import { readFileSync } from 'node:fs';
@@ -33,6 +34,8 @@ if (isMainThread) {
     const { jpegStatus } = await import('../src/native/jpeg.js');
     const s = jpegStatus();
     if (!s.available) throw new Error(`--decoder native: ${s.reason}`);
+    const r = (await import('../src/native/resize.js')).resizeStatus();
+    if (!r.available) console.warn(`--decoder native: resizing with sharp (${r.reason})`);
   }
   const { ensureModel, FRAME } = await import('./models.js');
   const { ensureImages } = await import('./images.js');
@@ -72,7 +75,9 @@ if (isMainThread) {
   const ort = await import('onnxruntime-node');
   const { decodeImageFile } = await import('../src/camera/replay.js');
   const { decodeJpegSync } = await import('../src/native/jpeg.js');
-  const { jpegDecodeFit, prepareInput, toTensor } = await import('../src/inference/preprocess.js');
+  const { jpegDecodeFit, prepareInput, prepareInputSync, toTensor } = await import('../src/inference/preprocess.js');
+  const { resizeStatus } = await import('../src/native/resize.js');
+  const syncResize = init.decoder === 'native' && resizeStatus().available;
   const manifest = JSON.parse(readFileSync(`${init.modelDir}/model.json`, 'utf8'));
   const spec = manifest.input;
   const session = await ort.InferenceSession.create(`${init.modelDir}/model.onnx`, { intraOpNumThreads: 1, graphOptimizationLevel: 'all' });
@@ -88,7 +93,8 @@ if (isMainThread) {
     const file = init.files[i % init.files.length]!;
     const colour = spec.colour === 'gray' ? 'gray' : 'rgb';
     const d = init.decoder === 'native' ? decodeJpegSync(await readFile(file), { colour, fit: jpegDecodeFit(fit) }) : await decodeImageFile(file, { colour, fit });
-    const prepared = await prepareInput({ seq: i, timeNs: 0n, ...d, source: 'bench' }, spec);
+    const frame = { seq: i, timeNs: 0n, ...d, source: 'bench' };
+    const prepared = syncResize ? prepareInputSync(frame, spec) : await prepareInput(frame, spec);
     const t = toTensor(prepared.pixels, prepared.channels, spec);
     await session.run({ [spec.name]: new ort.Tensor(spec.dtype, t.data, t.dims) });
     parentPort!.postMessage('part');

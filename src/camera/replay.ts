@@ -5,6 +5,7 @@ import path from 'node:path';
 import sharp from 'sharp';
 import { MAX_INPUT_PIXELS } from '../inference/types.js';
 import { isJpeg, jpegStatus } from '../native/jpeg.js';
+import { resizeStatus } from '../native/resize.js';
 import type { Clock } from '../clock.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log.js';
@@ -160,6 +161,8 @@ export class ReplaySource implements FrameSource {
       const jpeg = jpegStatus();
       this.toWorker = jpeg.available;
       if (!jpeg.available) this.log.warn('replay camera: decodeIn worker, but no native JPEG decoder: decoding here (as decodeIn main)', { reason: jpeg.reason });
+      const resize = jpeg.available ? resizeStatus() : undefined;
+      if (resize && !resize.available) this.log.warn('replay camera: decodeIn worker without the native resize: the workers resize with sharp (asynchronously)', { reason: resize.reason });
     }
     const labels = [...new Set(this.items.map((i) => i.label).filter((l): l is string => !!l))];
     this.log.info('replay camera started', {

@@ -5,17 +5,18 @@
 // Protocol: the worker starts from workerData (model bytes, manifest, providers), answers 'ready'
 // or 'init-error', then serves 'run' requests with 'result' or 'error'. A 'run' brings the model
 // input's pixels, prepared by the pool, or a JPEG (camera.replay.decodeIn: worker) that this thread
-// decodes and prepares itself; its pixels then go back with the result.
+// decodes and prepares itself, synchronously (native); its pixels then go back with the result.
 import { readlinkSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { env, InferenceSession, Tensor } from 'onnxruntime-node';
 import { checkModelIO } from './manifest.js';
-import { jpegDecodeFit, prepareInput, toTensor } from './preprocess.js';
+import { jpegDecodeFit, prepareInput, prepareInputSync, toTensor } from './preprocess.js';
 import { applyHead, type Geometry, type OutputTensor } from './heads.js';
 import { InferenceError, type ModelManifest } from './types.js';
 import { FrameError } from '../camera/types.js';
 import { decodeJpegSync } from '../native/jpeg.js';
+import { resizeStatus } from '../native/resize.js';
 import type { EncodedFrame, Verdict } from '../part.js';
 
 export interface WorkerInit {
@@ -190,10 +191,13 @@ async function infer(
 
 type Result = Omit<Extract<FromWorker, { type: 'result' }>, 'type' | 'id'>;
 
+/** Whether the crop/resize runs here too (native); an addon built before it had one leaves it to sharp. */
+let syncResize: boolean | undefined;
+
 /**
- * A JPEG request: decoded synchronously on this thread (native libjpeg-turbo), so this core
- * decodes, prepares and infers the part in turn, with no decode thread competing beside the
- * sessions; then prepared and run as pixels are.
+ * A JPEG request: decoded and resized synchronously on this thread (native libjpeg-turbo, then the
+ * native resize), so this core decodes, prepares and infers the part in turn, with no libuv thread
+ * competing beside the sessions and none to wait for; then run as pixels are.
  */
 async function decodeAndInfer(session: InferenceSession, msg: Extract<RunRequest, { jpeg: Uint8Array }>): Promise<Result> {
   const t = process.hrtime.bigint();
@@ -204,7 +208,9 @@ async function decodeAndInfer(session: InferenceSession, msg: Extract<RunRequest
     // The replay camera's own words for a file it cannot decode.
     throw err instanceof FrameError ? new FrameError(`replay camera: cannot decode ${msg.file ?? 'image'}: ${err.message}`, 'bad_frame') : err;
   }
-  const prepared = await prepareInput({ seq: 0, timeNs: 0n, source: 'replay', file: msg.file, ...decoded }, manifest.input);
+  const frame = { seq: 0, timeNs: 0n, source: 'replay', file: msg.file, ...decoded };
+  syncResize ??= resizeStatus().available;
+  const prepared = syncResize ? prepareInputSync(frame, manifest.input) : await prepareInput(frame, manifest.input);
   const prepMs = ms(t);
   const r = await infer(session, prepared.pixels, prepared.channels, prepared.geometry);
   return { ...r, preMs: r.preMs + prepMs, decoded: { width: decoded.width, height: decoded.height, data: decoded.data } };

@@ -226,8 +226,20 @@ test('replay decodeIn worker: the same verdicts as decodeIn main; a corrupt JPEG
   assert.equal(verdicts(main).length, files - 1);
   assert.deepEqual(verdicts(worker), verdicts(main));
   assert.ok(verdicts(main).some((v) => v.endsWith('reject')) && verdicts(main).some((v) => v.endsWith('pass')), verdicts(main).join(' '));
-  // film-demo takes 160x120 grey: decoded at 1/2 by the worker, at full size then resized by sharp.
-  for (const [file, s] of worker.seen) if (!s.part.failSafe) assert.ok(s.width >= 160 && s.pixels === s.width * s.height, `${file}: ${s.width}x${s.height}, ${s.pixels} bytes`);
+  // Scores close too: the worker's decode (libjpeg's luma) and resize (native, sharp's kernel) are
+  // not the main thread's sharp pipeline, but near it (here within 2.3 % of the threshold).
+  const scores = (m: typeof main) => new Map([...m.seen].filter(([, s]) => !s.part.failSafe).map(([file, s]) => [file.split('/').pop()!, s.part.verdict!]));
+  for (const [file, v] of scores(worker)) {
+    const ref = scores(main).get(file)!;
+    assert.ok(Math.abs(v.score - ref.score) <= 0.05 * Math.max(ref.score, ref.threshold), `${file}: score ${v.score} in the worker, ${ref.score} on the main thread`);
+  }
+  // film-demo takes 160x120 grey: the worker decodes these 320x240 JPEGs whole (jpegDecodeFit: twice
+  // the input) and resizes them itself; the PNG is decoded on the main thread at the model's size.
+  for (const [file, s] of worker.seen) {
+    if (s.part.failSafe) continue;
+    const size = file.endsWith('.png') ? [160, 120] : [320, 240];
+    assert.deepEqual([s.width, s.height, s.pixels], [...size, size[0]! * size[1]!], file);
+  }
   if (jpegStatus().available) assert.ok(worker.log.records.some((l) => /JPEGs only/.test(String(l.msg))), 'the PNG was decoded on the main thread, said once');
 });
 

@@ -11,7 +11,7 @@ import { FrameError } from '../../src/camera/types.js';
 import { ReplaySource, decodeImageFile, labelItems, shuffle, truthFromLabel } from '../../src/camera/replay.js';
 import { renderFilmFrame } from '../../src/camera/synthetic.js';
 import { prepareInput } from '../../src/inference/preprocess.js';
-import { resetNativeForTests } from '../../src/native/addon.js';
+import { loadNative, resetNativeForTests } from '../../src/native/addon.js';
 import { jpegStatus } from '../../src/native/jpeg.js';
 
 let root: string;
@@ -374,7 +374,26 @@ if (jpegDecoder.available) {
     assert.equal((await src.grab()).encoded!.fit, undefined);
     await src.grab(); // b.png again: not said twice
     assert.equal(log.records.filter((r) => /JPEGs only/.test(String(r.msg))).length, 1);
+    assert.ok(!log.records.some((r) => /native resize/.test(String(r.msg))), 'this build resizes in the worker natively');
     await src.stop();
+  });
+
+  test('decodeIn worker with an addon built before the native resize: JPEGs still go to the worker (sharp resizes there), said at start', async () => {
+    const addon = loadNative();
+    const resize = addon.resize;
+    delete addon.resize;
+    try {
+      const log = memoryLogger();
+      const src = new ReplaySource({ ...base, dir: await mixedDir(), decodeSize: 'model', decodeIn: 'worker' }, { clock: new FakeClock(), log });
+      await src.start();
+      const warn = log.records.find((r) => /without the native resize/.test(String(r.msg)));
+      assert.ok(warn, JSON.stringify(log.records));
+      assert.match(String(warn.reason), /stale build.*npm run build:native/);
+      assert.ok((await src.grab()).encoded);
+      await src.stop();
+    } finally {
+      addon.resize = resize;
+    }
   });
 }
 

@@ -433,6 +433,47 @@ if (jpegStatus().available) {
     await p.stop();
   });
 
+  /** score = a weighted mean of every input value (weights fixed, uneven): any pixel that differs moves it. */
+  function checksumModel(w: number, h: number, c: 1 | 3): Uint8Array {
+    const g = new GraphBuilder();
+    const x = g.input('image', 'float32', [1, c, h, w]);
+    const n = c * w * h;
+    const weights = Float32Array.from({ length: n }, (_, i) => ((i * 7919) % 1000) / 1000 + 0.1);
+    const sum = weights.reduce((a, b) => a + b, 0);
+    const s1 = g.node('ReduceSum', [g.node('Mul', [x, g.constant('float32', [1, c, h, w], weights.map((v) => v / sum))])], { keepdims: 1 });
+    g.node('Reshape', [s1, g.constant('int64', [2], [1, 1])], {}, { name: 'score' });
+    g.output('score', 'float32', [1, 1]);
+    return g.toBytes();
+  }
+
+  test('encoded frames: the worker prepares them as prepareInput does (native resize: the same input, the same score)', async () => {
+    // A 320x240 film-like JPEG (gradient, edges, noise) for stretch and letterbox models, grey and rgb.
+    const W = 320;
+    const H = 240;
+    const px = Buffer.alloc(W * H * 3);
+    for (let i = 0, r = 12345; i < px.length; i++) {
+      r = (r * 1103515245 + 12345) >>> 0;
+      const p = Math.floor(i / 3);
+      const x = p % W;
+      const y = Math.floor(p / W);
+      px[i] = Math.min(255, ((x + 2 * y) >> 1) % 200 + (((x >> 4) + (y >> 4)) % 2 ? 40 : 0) + (r >>> 28));
+    }
+    const jpeg = await sharp(px, { raw: { width: W, height: H, channels: 3 } }).jpeg({ quality: 90 }).toBuffer();
+    for (const [colour, resize, w, h] of [['gray', 'stretch', 56, 40], ['rgb', 'letterbox', 48, 48], ['rgb', 'stretch', 100, 30], ['gray', 'letterbox', 30, 64]] as const) {
+      const c = colour === 'gray' ? 1 : 3;
+      const dir = writeBundle(checksumModel(w, h, c), w, { input: { name: 'image', width: w, height: h, colour, layout: 'nchw', dtype: 'float32', resize } });
+      const p = pool(dir);
+      await p.start();
+      const f: Frame = { ...encodedFrame(jpeg), channels: c, encoded: { jpeg: new Uint8Array(jpeg), fit: { width: w, height: h, resize } } };
+      const there = await p.inspect(f);
+      assert.ok(f.width > 0 && f.data.length === f.width * f.height * c, 'decoded pixels came back');
+      // The same decoded pixels through the main thread's prepareInput (sharp).
+      const here = await p.inspect({ ...f, encoded: undefined, data: new Uint8Array(f.data) });
+      assert.equal(there.verdict.score, here.verdict.score, `${colour} ${resize} ${w}x${h} from ${f.width}x${f.height}: the worker's input is prepareInput's`);
+      await p.stop();
+    }
+  });
+
   test('a corrupt encoded frame is bad_frame, named, counted by its source; the worker goes on serving', async () => {
     const p = pool(small);
     await p.start();
