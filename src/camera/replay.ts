@@ -160,7 +160,7 @@ export class ReplaySource implements FrameSource {
     if (this.cfg.decodeIn === 'worker') {
       const jpeg = jpegStatus();
       this.toWorker = jpeg.available;
-      if (!jpeg.available) this.log.warn('replay camera: decodeIn worker, but no native JPEG decoder: decoding here (as decodeIn main)', { reason: jpeg.reason });
+      if (!jpeg.available) this.log.info('replay camera: no native JPEG decoder, so images are decoded on the main thread (as decodeIn main)', { reason: jpeg.reason });
       const resize = jpeg.available ? resizeStatus() : undefined;
       if (resize && !resize.available) this.log.warn('replay camera: decodeIn worker without the native resize: the workers resize with sharp (asynchronously)', { reason: resize.reason });
     }

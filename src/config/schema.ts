@@ -59,9 +59,9 @@ export const ConfigSchema = T.Object(
                 "model: decode each image at the smallest size that still covers the model's input (JPEG shrink-on-load; not when the model crops), so frames, boxes and archived rejects are at that size; full: every pixel of the file",
             }),
             decodeIn: T.Union([T.Literal('main'), T.Literal('worker')], {
-              default: 'main',
+              default: 'worker',
               description:
-                "main: sharp decodes each image before its part is queued; worker: the inference worker that runs the part decodes its JPEG on its own thread (native libjpeg-turbo decoder), so each core decodes, prepares and infers in turn. Non-JPEG files, or no native decoder, are decoded as with main (logged once). A part diverted before its inference has no pixels to archive",
+                "main: sharp decodes each image before its part is queued; worker: the inference worker that runs the part decodes its JPEG on its own thread (native libjpeg-turbo decoder), so each core decodes, prepares and infers in turn (faster on every bench model: docs/performance.md). Non-JPEG files, or no native decoder, are decoded as with main (logged once). A part diverted before its inference has no pixels to archive",
             }),
           },
           { additionalProperties: false, default: {} },

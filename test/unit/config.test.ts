@@ -30,10 +30,10 @@ test('every error is reported at once as path: message', () => {
   assert.equal(lines.length, 4);
 });
 
-test('camera.replay.decodeIn: main by default, worker when asked (also from the environment), anything else a path: message error', () => {
-  assert.equal(parseConfig({}).camera.replay.decodeIn, 'main');
-  assert.equal(parseConfig({ camera: { replay: { decodeIn: 'worker' } } }).camera.replay.decodeIn, 'worker');
-  assert.equal(parseConfig({}, { env: { LINESIGHT_CAMERA__REPLAY__DECODEIN: 'worker' } }).camera.replay.decodeIn, 'worker');
+test('camera.replay.decodeIn: worker by default, main when asked (also from the environment), anything else a path: message error', () => {
+  assert.equal(parseConfig({}).camera.replay.decodeIn, 'worker');
+  assert.equal(parseConfig({ camera: { replay: { decodeIn: 'main' } } }).camera.replay.decodeIn, 'main');
+  assert.equal(parseConfig({}, { env: { LINESIGHT_CAMERA__REPLAY__DECODEIN: 'main' } }).camera.replay.decodeIn, 'main');
   assert.throws(
     () => parseConfig({ camera: { replay: { decodeIn: 'gpu' } } }),
     (e: unknown) => e instanceof ConfigError && e.errors.join('\n') === 'camera.replay.decodeIn: must be one of "main", "worker" (got "gpu")',

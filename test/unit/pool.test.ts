@@ -417,18 +417,22 @@ if (jpegStatus().available) {
     await p.start();
     const images = [await greyJpeg(40, 40), await greyJpeg(40, 230), await greyJpeg(90, 200, 0), await greyJpeg(60, 100), await greyJpeg(20, 250, 64)];
     // As the replay camera decodes on the main thread (decodeIn: main), for an 8x8 model.
-    const here = await Promise.all(images.map(async (bytes) => p.inspect({ ...encodedFrame(bytes), encoded: undefined, ...(await decodeImageFile('x.jpg', { colour: 'gray', fit: { width: 8, height: 8 }, bytes })) })));
+    const decodedHere = await Promise.all(images.map((bytes) => decodeImageFile('x.jpg', { colour: 'gray', fit: { width: 8, height: 8 }, bytes })));
+    const here = await Promise.all(decodedHere.map((d, i) => p.inspect({ ...encodedFrame(images[i]!), encoded: undefined, ...d })));
     const frames = images.map((bytes) => encodedFrame(bytes));
     const there = await Promise.all(frames.map((f) => p.inspect(f)));
     assert.deepEqual(there.map((r) => r.verdict.verdict), here.map((r) => r.verdict.verdict));
     assert.deepEqual(here.map((r) => r.verdict.verdict), ['pass', 'reject', 'reject', 'pass', 'reject']);
     there.forEach((r, i) => assert.ok(Math.abs(r.verdict.score - here[i]!.verdict.score) < 0.05, `image ${i}: ${r.verdict.score} vs ${here[i]!.verdict.score}`));
-    for (const f of frames) {
-      // Decoded at 1/4 (32x24: DCT scaling leaves the last 2x to the model's resize): the frame now
-      // holds those pixels; its JPEG went to the worker.
-      assert.deepEqual([f.width, f.height, f.channels, f.data.length], [32, 24, 1, 32 * 24]);
+    frames.forEach((f, i) => {
+      // Decoded at 1/4 (32x24), then shrunk to cover the 8x8 input as the main path decodes
+      // (11x8): the frame now holds those pixels, the size the main path gives; its JPEG went to
+      // the worker.
+      const d = decodedHere[i]!;
+      assert.deepEqual([f.width, f.height, f.channels, f.data.length], [d.width, d.height, 1, d.width * d.height]);
+      assert.deepEqual([f.width, f.height], [11, 8]);
       assert.equal(f.encoded!.jpeg.byteLength, 0, 'transferred, not copied');
-    }
+    });
     assert.ok(there.every((r) => r.timings.preprocessMs > 0 && r.timings.inferMs > 0));
     await p.stop();
   });
