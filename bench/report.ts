@@ -55,7 +55,7 @@ export function renderMarkdown(r: BenchReport): string {
   out.push('');
   out.push(
     'Settings: `workers×intra-op threads qN` (N = model.queueLimit; line.maxInFlight = workers + N, so a part the pool would refuse is refused before its frame is decoded). ' +
-      '*Bound* = cores ÷ CPU-seconds per part, each stage alone (decode + preprocess + run + head); *scaled*: the same with `session.run` costed as two 1-thread sessions side by side actually run here (cores ÷ their combined runs/s), since two sessions in parallel do not reach twice the rate of one. *Bare* = the same stages alone, one part at a time, wall ms. ' +
+      '*Bound* = cores ÷ CPU-seconds per part, each stage alone (decode + preprocess + run + head; decode + preprocess by the cheaper of sharp on libvips threads and the native path the inference worker uses with decodeIn: worker, the default); *scaled*: the same with `session.run` costed as two 1-thread sessions side by side actually run here (cores ÷ their combined runs/s), since two sessions in parallel do not reach twice the rate of one. *Bare* = the same stages alone, one part at a time, wall ms. ' +
       'The agent\'s latency runs from the photo-eye edge (trigger) to the verdict with the divert scheduled, and includes the decode: each part grabs its JPEG when it triggers. ' +
       '*Other load* = cores other processes kept busy during the run (the machine may be shared): above ~0.3 a result is contended.',
   );
@@ -107,8 +107,8 @@ export function renderMarkdown(r: BenchReport): string {
   if (r.models.some((x) => x.limits)) {
     out.push('## 1. Limits: each stage alone');
     out.push('');
-    out.push(row(['model', 'frame → input', 'decode ms (cpu)', 'prepare ms (cpu)', 'toTensor ms (cpu)', 'run ms (cpu), fastest', 'head ms', 'bare ms (+decode)', 'bound parts/s (no decode)', '2 sessions × 1 thread runs/s', 'other load']));
-    out.push(row(Array(11).fill('---')));
+    out.push(row(['model', 'frame → input', 'decode ms (cpu)', 'prepare ms (cpu)', 'native decode + prepare ms (cpu)', 'toTensor ms (cpu)', 'run ms (cpu), fastest', 'head ms', 'bare ms (+decode)', 'bound parts/s (no decode; sharp decode)', '2 sessions × 1 thread runs/s', 'other load']));
+    out.push(row(Array(12).fill('---')));
     for (const mr of r.models) {
       const l = mr.limits;
       if (!l) continue;
@@ -119,11 +119,12 @@ export function renderMarkdown(r: BenchReport): string {
           `${l.frame.width}×${l.frame.height}${l.decoded && l.decoded.width !== l.frame.width ? ` (decoded ${l.decoded.width}×${l.decoded.height})` : ''} → ${l.input.width}×${l.input.height} ${l.input.colour}`,
           `${f(l.decode.wall.p50, 2)} (${f(l.decode.cpuMs, 2)})`,
           `${f(l.prepare.wall.p50, 2)} (${f(l.prepare.cpuMs, 2)})`,
+          l.native ? `${f(l.native.wall.p50, 2)} (${f(l.native.cpuMs, 2)})` : 'n/a',
           `${f(l.toTensor.wall.p50, 2)} (${f(l.toTensor.cpuMs, 2)})`,
           `${f(best.wall.p50, 2)} (${f(best.cpuMs, 2)}), ${best.name}`,
           f(l.head.wall.p50, 3),
           `${f(l.bareNoDecodeMs, 2)} (${f(l.bareMs, 2)})`,
-          `${f(l.boundPerS)} (${f(l.boundNoDecodePerS)})`,
+          `${f(l.boundPerS)} (${f(l.boundNoDecodePerS)}; ${f(l.boundSharpPerS)})`,
           f(l.parallel2x1.runsPerS),
           f(l.quietBefore, 2),
         ]),

@@ -8,9 +8,10 @@ import type { OutputInfo } from 'sharp';
 import { InferenceError, type InputSpec } from './types.js';
 import { inputDims } from './manifest.js';
 import type { Geometry } from './heads.js';
-import type { Frame } from '../part.js';
+import type { EncodedFrame, Frame } from '../part.js';
 import { NativeUnavailableError } from '../native/addon.js';
 import { resizeSync } from '../native/resize.js';
+import { decodeJpegSync } from '../native/jpeg.js';
 
 /** Where the model input came from in the frame (heads map boxes and maps back with it). */
 export type { Geometry };
@@ -263,3 +264,55 @@ export async function preprocess(frame: Frame, spec: InputSpec): Promise<InputTe
   const prepared = await prepareInput(frame, spec);
   return { ...toTensor(prepared.pixels, prepared.channels, spec), geometry: prepared.geometry };
 }
+
+/**
+ * A JPEG as the inference worker decodes it (camera.replay.decodeIn: worker), synchronously:
+ * libjpeg-turbo at twice the model's fit (jpegDecodeFit), then shrunk (native resize, sharp's
+ * linear kernel) to the size the main path decodes to (decodeImageFile's fit), so frames, boxes,
+ * maps and archived images are the same in both modes, and the frame sent back, which the archive
+ * and the operator page encode on libvips threads, is no larger than there (at twice the size,
+ * PNG-archiving the rejects cost ~0.4 cores at 40 parts/s). `shrink` false (no native resize):
+ * the decoded size. Throws the decoder's Error on a bad JPEG.
+ */
+export function decodeJpegFrameSync(
+  jpeg: Uint8Array,
+  colour: 'gray' | 'rgb',
+  fit: EncodedFrame['fit'],
+  shrink: boolean,
+): { width: number; height: number; channels: 1 | 3; data: Uint8Array } {
+  const d = decodeJpegSync(jpeg, { colour, fit: jpegDecodeFit(fit) });
+  const img = { width: d.width, height: d.height, channels: d.channels, data: d.data };
+  return shrink && fit ? { ...img, ...shrinkToFit(img, fit) } : img;
+}
+
+/**
+ * sharp's resize({ fit: 'outside' | 'inside', withoutEnlargement }) to `fit` (inside for a
+ * letterboxing model), synchronously; unchanged when already no larger.
+ */
+function shrinkToFit(
+  img: { width: number; height: number; channels: 1 | 3; data: Uint8Array },
+  fit: NonNullable<EncodedFrame['fit']>,
+): { width: number; height: number; data: Uint8Array } {
+  const { width, height, channels } = img;
+  const sx = fit.width / width;
+  const sy = fit.height / height;
+  const s = fit.resize === 'letterbox' ? Math.min(sx, sy) : Math.max(sx, sy);
+  if (s >= 1) return img;
+  const w = Math.max(1, Math.round(width * s));
+  const h = Math.max(1, Math.round(height * s));
+  const data = resizeSync(img.data, {
+    width,
+    height,
+    channels,
+    crop: { x: 0, y: 0, width, height },
+    scaledWidth: w,
+    scaledHeight: h,
+    outWidth: w,
+    outHeight: h,
+    padX: 0,
+    padY: 0,
+    fill: 0,
+  });
+  return { width: w, height: h, data };
+}
+

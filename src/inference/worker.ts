@@ -11,12 +11,11 @@ import { getPriority, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { env, InferenceSession, Tensor } from 'onnxruntime-node';
 import { checkModelIO } from './manifest.js';
-import { jpegDecodeFit, prepareInput, prepareInputSync, toTensor } from './preprocess.js';
+import { decodeJpegFrameSync, prepareInput, prepareInputSync, toTensor } from './preprocess.js';
 import { applyHead, type Geometry, type OutputTensor } from './heads.js';
 import { InferenceError, type ModelManifest } from './types.js';
 import { FrameError } from '../camera/types.js';
-import { decodeJpegSync } from '../native/jpeg.js';
-import { resizeStatus, resizeSync } from '../native/resize.js';
+import { resizeStatus } from '../native/resize.js';
 import type { EncodedFrame, Verdict } from '../part.js';
 
 export interface WorkerInit {
@@ -201,55 +200,19 @@ let syncResize: boolean | undefined;
  */
 async function decodeAndInfer(session: InferenceSession, msg: Extract<RunRequest, { jpeg: Uint8Array }>): Promise<Result> {
   const t = process.hrtime.bigint();
+  syncResize ??= resizeStatus().available;
   let decoded;
   try {
-    decoded = decodeJpegSync(msg.jpeg, { colour: msg.channels === 1 ? 'gray' : 'rgb', fit: jpegDecodeFit(msg.fit) });
+    decoded = decodeJpegFrameSync(msg.jpeg, msg.channels === 1 ? 'gray' : 'rgb', msg.fit, syncResize);
   } catch (err) {
     // The replay camera's own words for a file it cannot decode.
     throw err instanceof FrameError ? new FrameError(`replay camera: cannot decode ${msg.file ?? 'image'}: ${err.message}`, 'bad_frame') : err;
   }
-  syncResize ??= resizeStatus().available;
-  // Then to the size the main path decodes to (decodeImageFile's fit, bilinear), so frames,
-  // boxes, maps and archived images are the same in both modes, and the frame sent back, which the
-  // archive and the operator page encode on the main process's libvips threads, is no larger
-  // than there (at twice the size, PNG-archiving the rejects cost ~0.4 cores at 40 parts/s).
-  if (syncResize && msg.fit) decoded = { ...decoded, ...shrinkToFit(decoded, msg.fit) };
   const frame = { seq: 0, timeNs: 0n, source: 'replay', file: msg.file, ...decoded };
   const prepared = syncResize ? prepareInputSync(frame, manifest.input) : await prepareInput(frame, manifest.input);
   const prepMs = ms(t);
   const r = await infer(session, prepared.pixels, prepared.channels, prepared.geometry);
   return { ...r, preMs: r.preMs + prepMs, decoded: { width: decoded.width, height: decoded.height, data: decoded.data } };
-}
-
-/**
- * sharp's resize({ fit: 'outside' | 'inside', withoutEnlargement }) to `fit` (inside for a
- * letterboxing model), synchronously; unchanged when already no larger.
- */
-function shrinkToFit(
-  img: { width: number; height: number; channels: 1 | 3; data: Uint8Array },
-  fit: NonNullable<EncodedFrame['fit']>,
-): { width: number; height: number; data: Uint8Array } {
-  const { width, height, channels } = img;
-  const sx = fit.width / width;
-  const sy = fit.height / height;
-  const s = fit.resize === 'letterbox' ? Math.min(sx, sy) : Math.max(sx, sy);
-  if (s >= 1) return img;
-  const w = Math.max(1, Math.round(width * s));
-  const h = Math.max(1, Math.round(height * s));
-  const data = resizeSync(img.data, {
-    width,
-    height,
-    channels,
-    crop: { x: 0, y: 0, width, height },
-    scaledWidth: w,
-    scaledHeight: h,
-    outWidth: w,
-    outHeight: h,
-    padX: 0,
-    padY: 0,
-    fill: 0,
-  });
-  return { width: w, height: h, data };
 }
 
 /** The frame's fault, not the model's. */
