@@ -57,7 +57,7 @@ export interface AgentParams {
   maxInFlight?: number;
   /** model.workerNice (default: the config's). */
   workerNice?: number;
-  /** camera.replay.decodeIn (default: the config's, main): 'worker' = each inference worker decodes its part's JPEG. */
+  /** camera.replay.decodeIn (default: the config's, worker): 'worker' = each inference worker decodes its part's JPEG. */
   decodeIn?: 'main' | 'worker';
   travelMs?: number;
   pulseMs?: number;

@@ -4,12 +4,12 @@
 //   npm run bench                      full run (~12 min on 2 cores, half of it the 100k-part soak)
 //   npm run bench -- --quick           shorter windows, 10k-part soak, 10 load cycles (~5 min)
 //   npm run bench -- --models resnet18 --sections limits,agent
-//   npm run bench -- --models resnet18 --sections agent --decode-in worker --out bench/results/decode-worker
+//   npm run bench -- --models resnet18 --sections agent --decode-in main --out bench/results/decode-main
 //
 // Options: --quick, --models a,b (film-demo, resnet18, yolov8n), --sections limits,agent,naive,
 // soak,cycles, --soak-parts N, --cycles N, --out DIR, --no-priority (do not raise the children's
 // priority when running as root), --no-wait (do not wait for other load on the machine to settle),
-// --decode-in main|worker (camera.replay.decodeIn of the agent and soak runs; default main).
+// --decode-in main|worker (camera.replay.decodeIn of the agent and soak runs; default worker, as the agent's).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { AgentParams, AgentResult } from './agent.js';
@@ -30,7 +30,7 @@ const nice = args['no-priority'] !== true && process.getuid?.() === 0 ? -10 : un
 const waitMs = args['no-wait'] === true ? 0 : quick ? 2_000 : 3_000;
 const soakParts = Number(args['soak-parts'] ?? (quick ? 10_000 : 100_000));
 const cycles = Number(args.cycles ?? (quick ? 10 : 50));
-const decodeIn = String(args['decode-in'] ?? 'main') as 'main' | 'worker';
+const decodeIn = String(args['decode-in'] ?? 'worker') as 'main' | 'worker';
 
 for (const m of models) if (!MODEL_KEYS.includes(m)) throw new Error(`unknown model '${m}': use ${MODEL_KEYS.join(', ')}`);
 if (decodeIn !== 'main' && decodeIn !== 'worker') throw new Error(`--decode-in ${String(decodeIn)}: use main or worker`);
