@@ -323,7 +323,7 @@ export class Agent {
     const root = a.dir || join(cfg.station.stateDir, 'archive');
     const archive = new RejectArchive({
       root, passEvery: a.passEvery, failSafe: a.failSafe, maxFiles: a.maxFiles,
-      maxBytes: a.maxMb * 1024 * 1024, maxAgeMs: a.maxAgeDays * 24 * 3600 * 1000, queueLimit: a.queueLimit,
+      maxBytes: a.maxMb * 1024 * 1024, maxAgeMs: a.maxAgeDays * 24 * 3600 * 1000, queueLimit: a.queueLimit, compressionLevel: a.pngLevel,
       guard: new DiskGuard({
         path: root, floorBytes: a.minFreeMb * 1024 * 1024, log: log.child({ mod: 'disk' }),
         onAlarm: (low) => this.bus.emit('alarm', { kind: 'disk', severity: 'warning', message: low.message }),

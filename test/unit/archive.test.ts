@@ -120,6 +120,27 @@ test('a rejected frame is kept as a lossless PNG under its defect class, with it
   }
 });
 
+test('compressionLevel (archive.pngLevel): a lower level writes larger files of the same pixels', async () => {
+  const sizes: number[] = [];
+  for (const level of [0, 9]) {
+    const root = tmp();
+    try {
+      const a = new RejectArchive({ root, compressionLevel: level });
+      await a.open();
+      const p = decided('reject', { frame: grayFrame(5), defects: [{ class: 'dust', score: 0.9 }] });
+      a.offer(p);
+      await a.drain();
+      const png = join(root, 'dust', `${p.id}.png`);
+      assert.ok((await pixels(png)).data.equals(Buffer.from(p.frame!.data)), `level ${level}: lossless`);
+      sizes.push(readFileSync(png).length);
+      await a.close();
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  }
+  assert.ok(sizes[0]! > sizes[1]!, `level 0 ${sizes[0]} bytes, level 9 ${sizes[1]}`);
+});
+
 test('labels: good for sampled passes (1 in N), reject without a defect, fail-safes by reason, unsafe names cleaned', async () => {
   const root = tmp();
   try {

@@ -40,6 +40,15 @@ test('camera.replay.decodeIn: worker by default, main when asked (also from the 
   );
 });
 
+test('archive.pngLevel: 6 by default, 0-9, anything else a path: message error', () => {
+  assert.equal(parseConfig({}).archive.pngLevel, 6);
+  assert.equal(parseConfig({ archive: { pngLevel: 3 } }).archive.pngLevel, 3);
+  assert.throws(
+    () => parseConfig({ archive: { pngLevel: 12 } }),
+    (e: unknown) => e instanceof ConfigError && /^archive\.pngLevel: /.test(e.errors.join('\n')),
+  );
+});
+
 test('environment overrides any key, typed by the schema', () => {
   const c = parseConfig({ mqtt: { url: 'mqtt://file:1883' } }, {
     env: { LINESIGHT_MQTT__URL: 'mqtt://env:1883', LINESIGHT_MODEL__PROVIDERS: '[cuda, cpu]', LINESIGHT_LINE__PULSEMS: '50', LINESIGHT_STATION__ID: '0042', HOME: '/root' },
