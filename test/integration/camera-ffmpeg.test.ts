@@ -163,7 +163,7 @@ test('real ffmpeg, lavfi testsrc2: RGB frames of the right size and plausible co
 test('real ffmpeg, free-running as fast as it can, gray and rescaled (frame rate reported)', async () => {
   const clock = new SystemClock();
   const src = createFrameSource(
-    { source: 'ffmpeg', synthetic: {} as never, replay: {} as never, ffmpeg: { ...base, ...lavfi(), colour: 'gray', width: 80, height: 60 } },
+    { ...parseConfig({}).camera, source: 'ffmpeg', ffmpeg: { ...base, ...lavfi(), colour: 'gray', width: 80, height: 60 } },
     { clock, log: memoryLogger() },
   );
   assert.ok(src instanceof FfmpegSource);

@@ -15,7 +15,8 @@ import { loadNative, resetNativeForTests } from '../../src/native/addon.js';
 import { jpegStatus } from '../../src/native/jpeg.js';
 
 let root: string;
-const base = { dir: '', order: 'sorted' as const, loop: true, seed: 1, fps: 4, colour: 'rgb' as const };
+// decodeSize full and decodeIn main: what these tests were written for (the defaults are model and worker).
+const base = { dir: '', order: 'sorted' as const, loop: true, seed: 1, fps: 4, colour: 'rgb' as const, decodeSize: 'full' as 'model' | 'full', decodeIn: 'main' as 'main' | 'worker' };
 const deps = () => ({ clock: new FakeClock(), log: silentLogger });
 
 /** A solid-colour image file; the colour identifies it in the tests. */

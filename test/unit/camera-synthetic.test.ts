@@ -5,6 +5,7 @@ import type { Frame } from '../../src/part.js';
 import { FrameError } from '../../src/camera/types.js';
 import { FILM_DEFECT_CLASSES, SyntheticSource, renderFilmFrame } from '../../src/camera/synthetic.js';
 import { FpsMeter, Pacer } from '../../src/camera/kit.js';
+import { parseConfig } from '../../src/config/load.js';
 
 const W = 160;
 const H = 120;
@@ -246,11 +247,14 @@ test('createFrameSource picks the source named by cfg.source, constructing witho
   const { FfmpegSource } = await import('../../src/camera/ffmpeg.js');
   const { silentLogger } = await import('../../src/log.js');
   const clock = new FakeClock();
+  const defaults = parseConfig({}).camera;
   const camera = {
+    ...defaults,
     source: 'synthetic' as 'synthetic' | 'replay' | 'ffmpeg',
     synthetic: cfg,
-    replay: { dir: '/nonexistent', order: 'sorted' as const, loop: true, seed: 1, fps: 4, colour: 'rgb' as const },
+    replay: { ...defaults.replay, dir: '/nonexistent', order: 'sorted' as const, loop: true, seed: 1, fps: 4, colour: 'rgb' as const },
     ffmpeg: {
+      ...defaults.ffmpeg,
       input: 'x', inputArgs: [], width: 64, height: 48, colour: 'rgb' as const, ffmpegPath: '/nonexistent/ffmpeg',
       stallTimeoutMs: 2000, restartMinMs: 250, restartMaxMs: 10000,
     },

@@ -9,6 +9,7 @@ import { GpioError, type EdgeEvent } from '../../src/gpio/types.js';
 import { createGpioBinding } from '../../src/gpio/index.js';
 import { silentLogger } from '../../src/log.js';
 import { gpioContract } from './gpio-contract.js';
+import { parseConfig } from '../../src/config/load.js';
 
 gpioContract(
   'SimGpio',
@@ -266,7 +267,7 @@ describe('SimGpio', () => {
 
   test('createGpioBinding: sim backend on the given clock', async () => {
     const clock = new FakeClock(42n * ms);
-    const b = createGpioBinding({ backend: 'sim', sysfsRoot: '/sys/class/gpio', stackLight: { buzzerAfterRejects: 3 } }, { clock, log: silentLogger });
+    const b = createGpioBinding({ ...parseConfig({}).gpio, backend: 'sim', sysfsRoot: '/sys/class/gpio', stackLight: { buzzerAfterRejects: 3 } }, { clock, log: silentLogger });
     assert.ok(b instanceof SimGpio);
     assert.equal(b.name, 'sim');
     await b.openOutput({ chip: 'sim0', line: 1 }, { initial: 1 });

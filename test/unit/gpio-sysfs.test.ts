@@ -20,6 +20,7 @@ import { GpioError } from '../../src/gpio/types.js';
 import { FakeClock } from '../../src/clock.js';
 import { memoryLogger, silentLogger } from '../../src/log.js';
 import { gpioContract } from './gpio-contract.js';
+import { parseConfig } from '../../src/config/load.js';
 
 // ── fixture trees ──────────────────────────────────────────────────────────────────────────────
 
@@ -476,7 +477,7 @@ describe('OnoffGpio', () => {
   });
 
   test('createGpioBinding: onoff backend with the configured sysfsRoot', async () => {
-    const b = createGpioBinding({ backend: 'onoff', sysfsRoot: '/sys/class/gpio', stackLight: { buzzerAfterRejects: 3 } }, { clock: new FakeClock(), log: silentLogger });
+    const b = createGpioBinding({ ...parseConfig({}).gpio, backend: 'onoff', sysfsRoot: '/sys/class/gpio', stackLight: { buzzerAfterRejects: 3 } }, { clock: new FakeClock(), log: silentLogger });
     assert.ok(b instanceof OnoffGpio);
     assert.equal(b.name, 'onoff');
     await b.close();
