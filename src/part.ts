@@ -48,6 +48,14 @@ export interface Frame {
   truth?: GroundTruth;
 }
 
+/**
+ * Whether the frame holds pixels that can be encoded (archive, operator page): a frame whose
+ * JPEG went to an inference worker that failed before decoding it has none (0x0, no data).
+ */
+export function hasPixels(f: Frame | undefined): f is Frame {
+  return !!f && f.width >= 1 && f.height >= 1 && (f.channels === 1 || f.channels === 3) && f.data.length === f.width * f.height * f.channels;
+}
+
 export interface EncodedFrame {
   /** The JPEG file's bytes. Owns its ArrayBuffer: transferred to the worker, so empty afterwards. */
   jpeg: Uint8Array;

@@ -21,7 +21,7 @@ import { mkdir, open, readdir, rename, rmdir, stat, unlink } from 'node:fs/promi
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { silentLogger, type Logger } from '../log.js';
-import type { Frame, Part } from '../part.js';
+import { hasPixels, type Frame, type Part } from '../part.js';
 import type { DiskGuard } from '../telemetry/disk.js';
 
 export interface ArchiveOptions {
@@ -205,7 +205,7 @@ export class RejectArchive {
       if (this.passes % this.passEvery !== 0) return 'not-kept';
     }
     const f = part.frame;
-    if (!f || f.width < 1 || f.height < 1 || (f.channels !== 1 && f.channels !== 3) || f.data.length !== f.width * f.height * f.channels) {
+    if (!hasPixels(f)) {
       this.counts.skipped.noFrame++;
       return 'no-frame';
     }

@@ -14,7 +14,7 @@ import { decodeImage } from '../inference/image.js';
 import { InferenceError, type InferenceResult } from '../inference/types.js';
 import { FrameError } from '../camera/types.js';
 import type { Logger } from '../log.js';
-import type { Frame, Part } from '../part.js';
+import { hasPixels, type Frame, type Part } from '../part.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { LineSnapshot } from '../telemetry/stats.js';
 import type { StackLightState } from '../line/stacklight.js';
@@ -165,7 +165,8 @@ export class HttpServer {
   private onDecided(p: Part): void {
     const summary = summarize(p);
     const f = p.frame;
-    const keep = p.action === 'divert' && f !== undefined && f.data.length === f.width * f.height * f.channels;
+    // A fail-safe part whose JPEG went to a worker that never decoded it has no pixels to show.
+    const keep = p.action === 'divert' && hasPixels(f);
     if (keep) summary.image = `/v1/parts/${encodeURIComponent(p.id)}/image.jpg`;
     this.broadcast('part', summary);
     if (p.action !== 'divert') return;

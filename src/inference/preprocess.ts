@@ -272,7 +272,7 @@ export async function preprocess(frame: Frame, spec: InputSpec): Promise<InputTe
  * maps and archived images are the same in both modes, and the frame sent back, which the archive
  * and the operator page encode on libvips threads, is no larger than there (at twice the size,
  * PNG-archiving the rejects cost ~0.4 cores at 40 parts/s). `shrink` false (no native resize):
- * the decoded size. Throws the decoder's Error on a bad JPEG.
+ * the decoded size. Throws FrameError('bad_frame') on a bad JPEG (decodeJpegSync).
  */
 export function decodeJpegFrameSync(
   jpeg: Uint8Array,

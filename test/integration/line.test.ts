@@ -192,7 +192,12 @@ test('replay decodeIn worker: the same verdicts as decodeIn main; a corrupt JPEG
     const r = rig({
       camera: { source: 'replay', replay: { dir, loop: false, order: 'sorted', colour: 'gray', decodeIn } },
       trigger: { mode: 'interval', intervalMs: 100 },
+      // The operator page listens too: a bad part's frame (never decoded in worker mode) has no pixels.
+      http: { enabled: true, host: '127.0.0.1', port: 0 },
     });
+    const warnings: string[] = [];
+    const onWarning = (w: Error): void => void warnings.push(w.message);
+    process.on('warning', onWarning);
     // The frame as the listeners (archive, operator page) get it: the loop lets it go after 'decided'.
     const seen = new Map<string, { part: Part; width: number; height: number; pixels: number }>();
     r.agent.bus.on('decided', (p) => seen.set(p.frame?.file ?? `(no frame) ${p.detail}`, { part: p, width: p.frame?.width ?? 0, height: p.frame?.height ?? 0, pixels: p.frame?.data.length ?? 0 }));
@@ -203,8 +208,9 @@ test('replay decodeIn worker: the same verdicts as decodeIn main; a corrupt JPEG
       const metrics = await r.agent.metrics.text();
       await r.agent.stop();
       await until(() => r.decided.slice(0, files).every((p) => sub.messages.has(p.id)), 10_000, 'inspections over MQTT');
-      return { seen, sub, metrics, log: r.log };
+      return { seen, sub, metrics, log: r.log, warnings };
     } finally {
+      process.off('warning', onWarning);
       await r.agent.stop();
       await sub.client.endAsync();
     }
@@ -220,6 +226,9 @@ test('replay decodeIn worker: the same verdicts as decodeIn main; a corrupt JPEG
     assert.equal(m.sub.messages.get(bad[0]!.part.id)!.reason, 'bad_frame');
     assert.match(m.metrics, /linesight_failsafe_total\{reason="bad_frame"\} 1\n/);
     assert.match(m.metrics, /linesight_camera_errors 1\n/, `${name}: the camera counts the bad frame`);
+    // No listener (operator page, archive) choked on the bad part's frame.
+    assert.deepEqual(m.warnings.filter((w) => /bus listener/.test(w)), [], name);
+    assert.ok(!m.log.records.some((l) => /encode failed|archive write failed/.test(String(l.msg))), `${name}: no failed encode`);
   }
   // Every other part has a verdict, the same either way, and its pixels for the archive and the page.
   const verdicts = (m: typeof main) => [...m.seen].filter(([, s]) => !s.part.failSafe).map(([file, s]) => `${file.split('/').pop()}:${s.part.verdict!.verdict}`).sort();
