@@ -13,6 +13,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
+import { diff } from '../helpers/pixels.js';
 import sharp, { type JpegOptions } from 'sharp';
 import { decodeImageFile } from '../../src/camera/replay.js';
 import { renderFilmFrame } from '../../src/camera/synthetic.js';
@@ -22,19 +23,6 @@ import { decodeJpegSync, isJpeg, jpegStatus } from '../../src/native/jpeg.js';
 
 const status = jpegStatus();
 const required = process.env.LINESIGHT_NATIVE_REQUIRED === '1';
-
-/** Mean and max absolute difference. */
-function diff(a: Uint8Array, b: Uint8Array): { mean: number; max: number } {
-  assert.equal(a.length, b.length, 'same number of samples');
-  let sum = 0;
-  let max = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i]! - b[i]!);
-    sum += d;
-    if (d > max) max = d;
-  }
-  return { mean: sum / a.length, max };
-}
 
 /** A film frame (what a line camera sees) or a colourful one (gradients, a saturated disc). */
 function pixels(kind: 'film' | 'colour', w: number, h: number): Buffer {

@@ -12,6 +12,7 @@
 // (asserted > 2, so the images can tell an antialiased resize from a point-sampled one).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { diff } from '../helpers/pixels.js';
 import sharp from 'sharp';
 import { fitLayout, LETTERBOX_GREY, prepareInput, prepareInputSync } from '../../src/inference/preprocess.js';
 import { InferenceError, type InputSpec } from '../../src/inference/types.js';
@@ -20,18 +21,6 @@ import type { Frame } from '../../src/part.js';
 
 const status = resizeStatus();
 const required = process.env.LINESIGHT_NATIVE_REQUIRED === '1';
-
-function diff(a: Uint8Array, b: Uint8Array): { mean: number; max: number } {
-  assert.equal(a.length, b.length, 'same number of samples');
-  let sum = 0;
-  let max = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i]! - b[i]!);
-    sum += d;
-    if (d > max) max = d;
-  }
-  return { mean: sum / a.length, max };
-}
 
 /** Deterministic noise (mulberry32). */
 function rng(seed: number): () => number {
